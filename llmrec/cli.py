@@ -1,0 +1,146 @@
+"""The `llmrec` command: one subcommand per stage of the data flow (DESIGN.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmrec.paths import artifacts_dir
+
+app = typer.Typer(help="LLM-enhanced text embeddings for recommendation: data -> train -> eval -> embed.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Load, validate and split the data.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a model.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a trained model against baselines.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+ItemsOpt = Annotated[Path | None, typer.Option(help="Items file (.parquet/.jsonl); default: MovieLens-100k.")]
+InterOpt = Annotated[Path | None, typer.Option(help="Interactions file (.parquet/.jsonl); default: MovieLens-100k.")]
+TestFracOpt = Annotated[float, typer.Option(help="Share of interactions, by time, held out for testing.")]
+NoteLLMDir = Annotated[Path, typer.Option(help="NoteLLM run folder (holds model/).")]
+
+
+def _notellm_dir() -> Path:
+    return artifacts_dir() / "notellm"
+
+
+def _load(items: Path | None, interactions: Path | None, test_fraction: float):
+    """Load and split the data; a schema problem exits with its message, not a traceback."""
+    from llmrec.training.datasets import load_movielens_100k, load_user_files
+    from llmrec.training.schema import SchemaError
+    from llmrec.training.split import SplitConfig, time_split
+
+    if (items is None) != (interactions is None):
+        raise typer.BadParameter("give both --items and --interactions, or neither (MovieLens-100k)")
+    try:
+        data = load_movielens_100k() if items is None else load_user_files(items, interactions)
+        config = SplitConfig(test_fraction=test_fraction)
+        return data, config, time_split(data, config)
+    except (SchemaError, ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@data_app.command("stats")
+def data_stats(items: ItemsOpt = None, interactions: InterOpt = None, test_fraction: TestFracOpt = 0.1) -> None:
+    """Users, items, interactions, train pairs and test pairs of the time split."""
+    from llmrec.runs import table
+    from llmrec.training.split import split_stats
+
+    data, _, split = _load(items, interactions, test_fraction)
+    stats = split_stats(data, split)
+    typer.echo(f"dataset: {data.name}")
+    typer.echo(table([{"stat": k, "value": v} for k, v in stats.items()]))
+
+
+@train_app.command("notellm")
+def train_notellm(
+    preset: Annotated[str, typer.Option(help="cpu (2-core laptop, <10 min), gpu (the paper's recipe), tiny (smoke).")] = "cpu",
+    steps: Annotated[int | None, typer.Option(help="Override the preset's number of steps.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="'smollm2', a transformers folder or a .gguf file.")] = None,
+    vector_position: Annotated[str | None, typer.Option(help="'emb' (paper) or 'before_emb' (released code).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the preset's seed.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where the run writes; default artifacts/notellm.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in run-dir.")] = False,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+    test_fraction: TestFracOpt = 0.1,
+) -> None:
+    """Train NoteLLM (GCL + CSFT) on the training pairs of the time split."""
+    from llmrec.runs import provenance, write_json
+    from llmrec.training.notellm.presets import preset as get_preset
+    from llmrec.training.notellm.trainer import NoteLLMTrainer
+
+    started = time.time()
+    model_config, train_config = get_preset(preset)
+    if steps is not None:
+        train_config.steps = steps
+    if backbone is not None:
+        model_config.backbone = backbone
+    if vector_position is not None:
+        if vector_position not in ("emb", "before_emb"):
+            raise typer.BadParameter("vector-position must be 'emb' or 'before_emb'")
+        model_config.vector_position = vector_position
+    if seed is not None:
+        train_config.seed = seed
+    run_dir = (run_dir or _notellm_dir()).resolve()
+    data, split_config, split = _load(items, interactions, test_fraction)
+    write_json(run_dir / "config.json", {"preset": preset, "data": data.name, "split": split_config,
+                                          "model": model_config, "train": train_config})
+    trainer = NoteLLMTrainer(model_config, train_config, run_dir)
+    if resume and not trainer.resume():
+        typer.echo(f"no checkpoint in {trainer.ckpt_dir}; starting from scratch")
+    history = trainer.train(split.train_pairs, data.items)
+    model_dir = trainer.save()
+    first, last = history[0], history[-1]
+    report = {"preset": preset, "steps": last.step, "train_pairs": len(split.train_pairs),
+              "loss_first": first.loss, "loss_last": last.loss, "l_cl_last": last.l_cl, "l_gen_last": last.l_gen,
+              "tau_last": last.tau, "model_dir": str(model_dir), **provenance(started)}
+    write_json(run_dir / "report.json", report)
+    typer.echo(f"trained {last.step} steps in {report['wall_s']} s; peak memory {report['peak_rss_mib']:.0f} MiB; "
+               f"loss {first.loss:.3f} -> {last.loss:.3f}; model in {model_dir}")
+
+
+@app.command("embed")
+def embed(
+    run_dir: NoteLLMDir = None,
+    out: Annotated[Path | None, typer.Option(help="Output .npy (ids go next to it) or .parquet.")] = None,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+) -> None:
+    """Write L2-normalised NoteLLM vectors for every item."""
+    from llmrec.training.embed_io import save_vectors
+    from llmrec.training.encoders import encode_notellm
+    from llmrec.training.notellm.model import NoteLLM
+
+    run_dir = run_dir or _notellm_dir()
+    data, _, _ = _load(items, interactions, 0.1)
+    model = NoteLLM.load(run_dir / "model")
+    vectors = encode_notellm(model, data.items)
+    path = save_vectors(out or run_dir / "item_vectors.npy", data.items["item_id"].tolist(), vectors.numpy())
+    typer.echo(f"wrote {len(vectors)} vectors of {vectors.shape[1]} dims to {path}")
+
+
+@eval_app.command("notellm")
+def eval_notellm(
+    run_dir: NoteLLMDir = None,
+    full_backbone: Annotated[bool, typer.Option(help="Also score the untruncated backbone zero-shot (slow on CPU).")] = False,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+    test_fraction: TestFracOpt = 0.1,
+) -> None:
+    """i2i Recall@k of NoteLLM vs MiniLM and zero-shot backbones; category accuracy on held-out items."""
+    from llmrec.training.notellm.evaluate import evaluate_notellm
+
+    run_dir = run_dir or _notellm_dir()
+    data, _, split = _load(items, interactions, test_fraction)
+    evaluate_notellm(run_dir, data, split, full_backbone=full_backbone)
+
+
+if __name__ == "__main__":
+    app()

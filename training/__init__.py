@@ -1,0 +1,1 @@
+"""Data, models, losses, trainers and evaluation (NoteLLM; the EaaR family)."""

@@ -1,0 +1,128 @@
+"""The NoteLLM network: a LLaMA-family causal LM, an [EMB] token and a bias-free projection."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
+from llmrec.training.notellm.losses import GenerativeContrastiveLoss
+from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
+
+
+@dataclass
+class NoteLLMConfig:
+    backbone: str = SMOLLM2  # "smollm2", a transformers folder, or a .gguf file (LLaMA family)
+    keep_layers: int | None = None  # keep only the first n decoder layers (None: all of them)
+    train_layers: int | None = None  # train only the top n kept layers; the rest and the embeddings freeze
+    emb_dim: int = 128  # d: size of the note vector
+    # "emb": hidden state at the [EMB] position (paper); "before_emb": the token just before it (released code)
+    vector_position: Literal["emb", "before_emb"] = "emb"
+    tau_init: float = 3.0  # GCL temperature, learnable; the scale is e^tau
+    alpha: float = 0.01  # weight of the generation loss: L = (L_cl + alpha L_gen) / (1 + alpha)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NoteLLMConfig:
+        d = dict(d)
+        d["prompt"] = PromptConfig(**d.get("prompt", {}))
+        return cls(**d)
+
+
+def load_causal_lm(config: NoteLLMConfig):
+    """Tokenizer with [EMB] added, and the causal LM cut to `keep_layers` with its vocabulary resized."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_causal_lm(config.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if getattr(lm.config, "model_type", "") not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise ValueError(f"{config.backbone}: NoteLLM needs a LLaMA-family causal LM, got {lm.config.model_type!r}")
+    if config.keep_layers is not None:
+        total = len(lm.model.layers)
+        if not 1 <= config.keep_layers <= total:
+            raise ValueError(f"keep_layers={config.keep_layers} but the backbone has {total} layers")
+        lm.model.layers = lm.model.layers[: config.keep_layers]
+        lm.config.num_hidden_layers = config.keep_layers
+        if getattr(lm.config, "layer_types", None):
+            lm.config.layer_types = lm.config.layer_types[: config.keep_layers]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if EMB_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
+    if lm.get_input_embeddings().num_embeddings < len(tokenizer):
+        lm.resize_token_embeddings(len(tokenizer))  # the new row starts near the mean embedding
+    return tokenizer, lm
+
+
+class NoteLLM(nn.Module):
+    """Causal LM + [EMB] note vector (bias-free linear to d, L2-normalised) + the GCL temperature."""
+
+    def __init__(self, config: NoteLLMConfig, tokenizer=None, lm=None):
+        super().__init__()
+        self.config = config
+        if lm is None:
+            tokenizer, lm = load_causal_lm(config)
+        self.tokenizer = tokenizer
+        self.lm = lm
+        self.prompts = PromptBuilder(tokenizer, config.prompt)
+        self.project = nn.Linear(lm.config.hidden_size, config.emb_dim, bias=False)
+        self.gcl = GenerativeContrastiveLoss(config.tau_init)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        if self.config.train_layers is None:
+            return
+        layers = self.lm.model.layers
+        n = self.config.train_layers
+        if not 1 <= n <= len(layers):
+            raise ValueError(f"train_layers={n} but the model keeps {len(layers)} layers")
+        self.lm.model.embed_tokens.requires_grad_(False)
+        for layer in layers[: len(layers) - n]:
+            layer.requires_grad_(False)
+        # The LM head stays trainable unless it is tied to the frozen input embeddings.
+        self.lm.lm_head.requires_grad_(not self.lm.config.tie_word_embeddings)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer states after the final norm, (B, T, H)."""
+        return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def note_vectors(self, hidden: torch.Tensor, emb_index: torch.Tensor) -> torch.Tensor:
+        """L2-normalised note vectors (B, d) from the states at (or just before) [EMB]."""
+        pos = emb_index - 1 if self.config.vector_position == "before_emb" else emb_index
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]  # (B, H)
+        return F.normalize(self.project(picked.to(self.project.weight.dtype)), dim=-1)
+
+    @torch.no_grad()
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
+        return self.note_vectors(hidden, batch["emb_index"])
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """A self-contained model folder: backbone/ (transformers), head.pt, notellm.json."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(folder / "backbone")
+        self.tokenizer.save_pretrained(folder / "backbone")
+        torch.save({"project": self.project.state_dict(), "gcl": self.gcl.state_dict()}, folder / "head.pt")
+        config = asdict(self.config) | {"backbone": str((folder / "backbone").resolve()), "keep_layers": None}
+        (folder / "notellm.json").write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> NoteLLM:
+        config_path = Path(folder) / "notellm.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a NoteLLM model folder (no notellm.json); train one first")
+        config = NoteLLMConfig.from_dict(json.loads(config_path.read_text()))
+        config.backbone = str(Path(folder) / "backbone")  # the folder may have moved
+        model = cls(config)
+        head = torch.load(Path(folder) / "head.pt", map_location="cpu")
+        model.project.load_state_dict(head["project"])
+        model.gcl.load_state_dict(head["gcl"])
+        return model.eval()

@@ -1,0 +1,196 @@
+"""NoteLLM training: GCL + CSFT over co-occurrence pairs, with checkpoints and resume.
+
+Steps: (1) seed and build the model, (2) order the pairs into batches without repeated notes,
+(3) train with AdamW, clipping, warm-up, optional bf16 and checkpointing, (4) save the model,
+config and report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from llmrec.runs import peak_rss_mib, write_json
+from llmrec.training.notellm.losses import combine, generation_loss
+from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
+from llmrec.training.notellm.presets import TrainConfig
+from llmrec.training.notellm.prompts import collate
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batches_without_repeats(pairs: list[tuple[str, str]], batch_pairs: int, rng: random.Random) -> list[list[tuple[str, str]]]:
+    """Shuffle pairs into batches in which no note appears twice (a repeat would be its own negative)."""
+    pending = pairs[:]
+    rng.shuffle(pending)
+    batches: list[list[tuple[str, str]]] = []
+    while len(pending) >= batch_pairs:
+        batch, seen, rest = [], set(), []
+        for pair in pending:
+            if len(batch) < batch_pairs and pair[0] not in seen and pair[1] not in seen:
+                batch.append(pair)
+                seen.update(pair)
+            else:
+                rest.append(pair)
+        if len(batch) < batch_pairs:
+            break  # the leftovers cannot fill a batch without repeats
+        batches.append(batch)
+        pending = rest
+    return batches
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    l_cl: float
+    l_gen: float
+    tau: float
+    pairs_per_s: float
+
+
+class NoteLLMTrainer:
+    def __init__(self, model_config: NoteLLMConfig, train_config: TrainConfig, run_dir: Path):
+        self.mc, self.tc, self.run_dir = model_config, train_config, run_dir
+        seed_everything(train_config.seed)
+        self.model = NoteLLM(model_config)
+        if train_config.gradient_checkpointing:
+            self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        new = [*self.model.project.parameters(), *self.model.gcl.parameters()]
+        new_ids = {id(p) for p in new}
+        pretrained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in new_ids]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": pretrained, "lr": train_config.lr}, {"params": new, "lr": train_config.head_lr}],
+            weight_decay=train_config.weight_decay,
+        )
+        self.step = 0
+        self.history: list[StepLog] = []
+
+    # --- checkpoints --------------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / f"step_{self.step:06d}.pt"
+        # Trainable parameters, plus the input embeddings, which hold the seeded [EMB] row even when frozen.
+        trainable = {k: v for k, v in self.model.named_parameters() if v.requires_grad}
+        trainable["lm.model.embed_tokens.weight"] = self.model.lm.model.embed_tokens.weight
+        state = {
+            "step": self.step,
+            "model": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "history": [vars(h) for h in self.history],
+        }
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+        for old in sorted(self.ckpt_dir.glob("step_*.pt"))[: -self.tc.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.ckpt_dir.glob("step_*.pt"))
+        return found[-1] if found else None
+
+    def resume(self) -> bool:
+        path = self.latest_checkpoint()
+        if path is None:
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected:
+            raise RuntimeError(f"{path} does not match this model (unexpected keys {unexpected[:3]}...)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step = state["step"]
+        self.history = [StepLog(**h) for h in state["history"]]
+        print(f"resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # --- training -----------------------------------------------------------------------------
+    def plan(self, pairs: pd.DataFrame, items: pd.DataFrame) -> list[list[tuple[str, str]]]:
+        """The full, seeded batch order: the same on a resumed run as on an uninterrupted one."""
+        rng = random.Random(self.tc.seed)
+        pair_list = list(zip(pairs["src"], pairs["dst"], strict=True))
+        per_epoch = batches_without_repeats(pair_list, self.tc.batch_pairs, rng)
+        if not per_epoch:
+            raise ValueError(f"{len(pair_list)} training pairs cannot fill one batch of {self.tc.batch_pairs}")
+        total = self.tc.steps if self.tc.steps is not None else math.ceil(self.tc.epochs * len(per_epoch))
+        order = []
+        while len(order) < total:
+            order += per_epoch if not order else batches_without_repeats(pair_list, self.tc.batch_pairs, rng)
+        return order[:total]
+
+    def lr_scale(self, step: int, total: int) -> float:
+        """Linear warm-up, then cosine decay to 10%."""
+        if step < self.tc.warmup_steps:
+            return (step + 1) / self.tc.warmup_steps
+        progress = (step - self.tc.warmup_steps) / max(1, total - self.tc.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def train(self, pairs: pd.DataFrame, items: pd.DataFrame) -> list[StepLog]:
+        by_id = {r["item_id"]: r for r in items.to_dict("records")}
+        order = self.plan(pairs, items)
+        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        prompt_rng = random.Random(self.tc.seed + 1)
+        for _ in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
+            self._prompts(order[_], by_id, prompt_rng)
+        self.model.train()
+        bar = tqdm(total=len(order), initial=self.step, desc="notellm", unit="step", dynamic_ncols=True)
+        while self.step < len(order):
+            started = time.perf_counter()
+            batch = {k: v.to(self.device) for k, v in self._prompts(order[self.step], by_id, prompt_rng).items()}
+            for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * self.lr_scale(self.step, len(order))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
+                hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
+                vectors = self.model.note_vectors(hidden, batch["emb_index"])
+                l_cl = self.model.gcl(vectors)
+                l_gen = generation_loss(hidden, batch["labels"], self.model.lm.lm_head)
+                loss = combine(l_cl, l_gen, self.mc.alpha)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.tc.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            log = StepLog(self.step, loss.item(), l_cl.item(), l_gen.item(), self.model.gcl.tau.item(),
+                          self.tc.batch_pairs / (time.perf_counter() - started))
+            self.history.append(log)
+            bar.update(1)
+            bar.set_postfix(loss=f"{log.loss:.3f}", cl=f"{log.l_cl:.3f}", gen=f"{log.l_gen:.3f}",
+                            tau=f"{log.tau:.2f}", pairs_s=f"{log.pairs_per_s:.1f}", rss=f"{peak_rss_mib():.0f}M")
+            if self.step % self.tc.checkpoint_every == 0 or self.step == len(order):
+                self.save_checkpoint()
+        bar.close()
+        return self.history
+
+    def _prompts(self, pair_batch, by_id, rng) -> dict[str, torch.Tensor]:
+        notes = [by_id[a] for a, _ in pair_batch] + [by_id[b] for _, b in pair_batch]  # [a_1..a_B, b_1..b_B]
+        prompts = [self.model.prompts.training_prompt(n, rng) for n in notes]
+        return collate(prompts, self.model.tokenizer.pad_token_id)
+
+    def save(self) -> Path:
+        folder = self.run_dir / "model"
+        self.model.save(folder)
+        write_json(self.run_dir / "history.json", [vars(h) for h in self.history])
+        return folder
