@@ -7,7 +7,6 @@ issue #4; until it lands every device runs the reference, and callers need not c
 from __future__ import annotations
 
 import torch
-
 from llmrec.kernels.reference import cosine_topk_reference
 
 
@@ -16,5 +15,7 @@ def cosine_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See `cosine_topk_reference` for the contract."""
     if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1]:
-        raise ValueError(f"expected queries (q, d) and items (n, d), got {tuple(queries.shape)} and {tuple(items.shape)}")
+        raise ValueError(
+            f"expected queries (q, d) and items (n, d), got {tuple(queries.shape)} and {tuple(items.shape)}"
+        )
     return cosine_topk_reference(queries, items, k, exclude)

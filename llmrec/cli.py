@@ -10,8 +10,11 @@ import typer
 
 from llmrec.paths import artifacts_dir
 
-app = typer.Typer(help="LLM-enhanced text embeddings for recommendation: data -> train -> eval -> embed.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="LLM-enhanced text embeddings for recommendation: data -> train -> eval -> embed.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Load, validate and split the data.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a model.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a trained model against baselines.", no_args_is_help=True)
@@ -20,7 +23,9 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 
 ItemsOpt = Annotated[Path | None, typer.Option(help="Items file (.parquet/.jsonl); default: MovieLens-100k.")]
-InterOpt = Annotated[Path | None, typer.Option(help="Interactions file (.parquet/.jsonl); default: MovieLens-100k.")]
+InterOpt = Annotated[
+    Path | None, typer.Option(help="Interactions file (.parquet/.jsonl); default: MovieLens-100k.")
+]
 TestFracOpt = Annotated[float, typer.Option(help="Share of interactions, by time, held out for testing.")]
 NoteLLMDir = Annotated[Path, typer.Option(help="NoteLLM run folder (holds model/).")]
 
@@ -47,7 +52,9 @@ def _load(items: Path | None, interactions: Path | None, test_fraction: float):
 
 
 @data_app.command("stats")
-def data_stats(items: ItemsOpt = None, interactions: InterOpt = None, test_fraction: TestFracOpt = 0.1) -> None:
+def data_stats(
+    items: ItemsOpt = None, interactions: InterOpt = None, test_fraction: TestFracOpt = 0.1
+) -> None:
     """Users, items, interactions, train pairs and test pairs of the time split."""
     from llmrec.runs import table
     from llmrec.training.split import split_stats
@@ -60,12 +67,20 @@ def data_stats(items: ItemsOpt = None, interactions: InterOpt = None, test_fract
 
 @train_app.command("notellm")
 def train_notellm(
-    preset: Annotated[str, typer.Option(help="cpu (2-core laptop, <10 min), gpu (the paper's recipe), tiny (smoke).")] = "cpu",
+    preset: Annotated[
+        str, typer.Option(help="cpu (2-core laptop, <10 min), gpu (the paper's recipe), tiny (smoke).")
+    ] = "cpu",
     steps: Annotated[int | None, typer.Option(help="Override the preset's number of steps.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="'smollm2', a transformers folder or a .gguf file.")] = None,
-    vector_position: Annotated[str | None, typer.Option(help="'emb' (paper) or 'before_emb' (released code).")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="'smollm2', a transformers folder or a .gguf file.")
+    ] = None,
+    vector_position: Annotated[
+        str | None, typer.Option(help="'emb' (paper) or 'before_emb' (released code).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the preset's seed.")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Where the run writes; default artifacts/notellm.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Where the run writes; default artifacts/notellm.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in run-dir.")] = False,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
@@ -90,20 +105,39 @@ def train_notellm(
         train_config.seed = seed
     run_dir = (run_dir or _notellm_dir()).resolve()
     data, split_config, split = _load(items, interactions, test_fraction)
-    write_json(run_dir / "config.json", {"preset": preset, "data": data.name, "split": split_config,
-                                          "model": model_config, "train": train_config})
+    write_json(
+        run_dir / "config.json",
+        {
+            "preset": preset,
+            "data": data.name,
+            "split": split_config,
+            "model": model_config,
+            "train": train_config,
+        },
+    )
     trainer = NoteLLMTrainer(model_config, train_config, run_dir)
     if resume and not trainer.resume():
         typer.echo(f"no checkpoint in {trainer.ckpt_dir}; starting from scratch")
     history = trainer.train(split.train_pairs, data.items)
     model_dir = trainer.save()
     first, last = history[0], history[-1]
-    report = {"preset": preset, "steps": last.step, "train_pairs": len(split.train_pairs),
-              "loss_first": first.loss, "loss_last": last.loss, "l_cl_last": last.l_cl, "l_gen_last": last.l_gen,
-              "tau_last": last.tau, "model_dir": str(model_dir), **provenance(started)}
+    report = {
+        "preset": preset,
+        "steps": last.step,
+        "train_pairs": len(split.train_pairs),
+        "loss_first": first.loss,
+        "loss_last": last.loss,
+        "l_cl_last": last.l_cl,
+        "l_gen_last": last.l_gen,
+        "tau_last": last.tau,
+        "model_dir": str(model_dir),
+        **provenance(started),
+    }
     write_json(run_dir / "report.json", report)
-    typer.echo(f"trained {last.step} steps in {report['wall_s']} s; peak memory {report['peak_rss_mib']:.0f} MiB; "
-               f"loss {first.loss:.3f} -> {last.loss:.3f}; model in {model_dir}")
+    typer.echo(
+        f"trained {last.step} steps in {report['wall_s']} s; peak memory {report['peak_rss_mib']:.0f} MiB; "
+        f"loss {first.loss:.3f} -> {last.loss:.3f}; model in {model_dir}"
+    )
 
 
 @app.command("embed")
@@ -129,7 +163,9 @@ def embed(
 @eval_app.command("notellm")
 def eval_notellm(
     run_dir: NoteLLMDir = None,
-    full_backbone: Annotated[bool, typer.Option(help="Also score the untruncated backbone zero-shot (slow on CPU).")] = False,
+    full_backbone: Annotated[
+        bool, typer.Option(help="Also score the untruncated backbone zero-shot (slow on CPU).")
+    ] = False,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
     test_fraction: TestFracOpt = 0.1,

@@ -28,7 +28,9 @@ def resolve_causal_lm(spec: str) -> Path:
             raise FileNotFoundError(f"backbone GGUF file {path} does not exist")
         return _gguf_to_folder(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"backbone {spec!r} is neither 'smollm2', a .gguf file, nor a folder with config.json")
+        raise FileNotFoundError(
+            f"backbone {spec!r} is neither 'smollm2', a .gguf file, nor a folder with config.json"
+        )
     return path
 
 

@@ -41,11 +41,18 @@ def mine_pairs(interactions: pd.DataFrame, config: CooccurrenceConfig) -> pd.Dat
     weight = 1.0 / log["user_id"].map(n_clicks).to_numpy(dtype="float64")  # 1/N_i per row (NaN: no clicks)
 
     parts = []
-    for offset in range(1, config.window + 1):
+    for offset in range(1, min(config.window, len(log) - 1) + 1):
         a, b = slice(0, len(log) - offset), slice(offset, len(log))
         ok = (users[a] == users[b]) & clicked[b] & (items[a] != items[b])
-        parts.append(pd.DataFrame({"user": users[b][ok], "src": items[a][ok], "dst": items[b][ok], "w": weight[b][ok]}))
-    cols = {"user": pd.Series(dtype=str), "src": pd.Series(dtype=str), "dst": pd.Series(dtype=str), "w": pd.Series(dtype=float)}
+        parts.append(
+            pd.DataFrame({"user": users[b][ok], "src": items[a][ok], "dst": items[b][ok], "w": weight[b][ok]})
+        )
+    cols = {
+        "user": pd.Series(dtype=str),
+        "src": pd.Series(dtype=str),
+        "dst": pd.Series(dtype=str),
+        "w": pd.Series(dtype=float),
+    }
     hits = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(cols)
     hits = hits.drop_duplicates(["user", "src", "dst"])  # a user counts once per (A, B)
     scores = hits.groupby(["src", "dst"], as_index=False)["w"].sum().rename(columns={"w": "score"})

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from llmrec.training.schema import RecData, SchemaError, validate_interactions, validate_items
 
 from llmrec.assets import movielens_100k_dir
-from llmrec.training.schema import RecData, SchemaError, validate_interactions, validate_items
 
 
 def _read_atomic(path: Path) -> pd.DataFrame:
@@ -68,7 +68,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 except json.JSONDecodeError as e:
                     raise SchemaError(f"{path}, row {lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
-                    raise SchemaError(f"{path}, row {lineno}: expected a JSON object, got {type(row).__name__}")
+                    raise SchemaError(
+                        f"{path}, row {lineno}: expected a JSON object, got {type(row).__name__}"
+                    )
                 rows.append(row)
         return pd.DataFrame(rows)
     raise SchemaError(f"{path}: unsupported format {path.suffix!r} (use .parquet or .jsonl)")

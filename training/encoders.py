@@ -9,11 +9,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from llmrec.training.backbones import MINILM, resolve_encoder
 from llmrec.training.notellm.model import NoteLLM
 from llmrec.training.notellm.prompts import collate
+from tqdm.auto import tqdm
 
 
 def _batches(items: pd.DataFrame, batch_size: int, desc: str):
@@ -23,7 +22,9 @@ def _batches(items: pd.DataFrame, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def encode_notellm(model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, project: bool = True) -> torch.Tensor:
+def encode_notellm(
+    model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, project: bool = True
+) -> torch.Tensor:
     """Note vectors from the category prompt cut after [EMB]; project=False gives the zero-shot form."""
     model.eval()
     device = next(model.parameters()).device
@@ -47,7 +48,9 @@ def item_text(item: dict) -> str:
 
 
 @torch.no_grad()
-def encode_sentence_model(items: pd.DataFrame, encoder: str = MINILM, batch_size: int = 128, max_length: int = 128) -> torch.Tensor:
+def encode_sentence_model(
+    items: pd.DataFrame, encoder: str = MINILM, batch_size: int = 128, max_length: int = 128
+) -> torch.Tensor:
     """Mean-pooled, L2-normalised token states of a BERT-class sentence encoder."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -56,7 +59,13 @@ def encode_sentence_model(items: pd.DataFrame, encoder: str = MINILM, batch_size
     model = AutoModel.from_pretrained(folder).eval()
     out = []
     for chunk in _batches(items, batch_size, "embed minilm"):
-        enc = tokenizer([item_text(r) for r in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenizer(
+            [item_text(r) for r in chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         states = model(**enc).last_hidden_state  # (B, T, H)
         mask = enc["attention_mask"].unsqueeze(-1).float()
         out.append(F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
@@ -64,7 +73,9 @@ def encode_sentence_model(items: pd.DataFrame, encoder: str = MINILM, batch_size
 
 
 @torch.no_grad()
-def generate_categories(model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, max_new_tokens: int = 8) -> list[str]:
+def generate_categories(
+    model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, max_new_tokens: int = 8
+) -> list[str]:
     """Greedy generation after "The category is:"; returns the first generated phrase per item."""
     model.eval()
     tok = model.tokenizer
@@ -79,8 +90,12 @@ def generate_categories(model: NoteLLM, items: pd.DataFrame, batch_size: int = 6
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
         out = model.lm.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
         )
         for text in tok.batch_decode(out[:, width:], skip_special_tokens=True):
             preds.append(text.strip().split(",")[0].split("\n")[0].strip())

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-
 from llmrec.kernels import cosine_topk
 
 DEFAULT_KS = (10, 50, 100, 1000)
 
 
-def recall_at_k(vectors: torch.Tensor, item_ids: list[str], pairs: pd.DataFrame, ks=DEFAULT_KS, chunk: int = 1024) -> dict[str, float]:
+def recall_at_k(
+    vectors: torch.Tensor, item_ids: list[str], pairs: pd.DataFrame, ks=DEFAULT_KS, chunk: int = 1024
+) -> dict[str, float]:
     """Recall@k (in %) for every k smaller than the catalogue; `vectors` rows follow `item_ids`."""
     if len(vectors) != len(item_ids):
         raise ValueError(f"{len(vectors)} vectors for {len(item_ids)} items")
@@ -46,4 +47,8 @@ def category_accuracy(predicted: list[str], truth: list[str]) -> float:
     """Exact match (case-insensitive), in %."""
     if not truth:
         return float("nan")
-    return 100.0 * sum(p.strip().lower() == t.strip().lower() for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    return (
+        100.0
+        * sum(p.strip().lower() == t.strip().lower() for p, t in zip(predicted, truth, strict=True))
+        / len(truth)
+    )

@@ -71,10 +71,14 @@ def _as_tags(value, source: str, row: int) -> list[str]:
         return [t.strip() for t in value.split("|") if t.strip()]
     if isinstance(value, list | tuple | np.ndarray):
         return [str(t) for t in value]
-    raise _fail(source, row, f"tags must be a list of strings or a '|'-separated string, got {type(value).__name__}")
+    raise _fail(
+        source, row, f"tags must be a list of strings or a '|'-separated string, got {type(value).__name__}"
+    )
 
 
-def validate_interactions(df: pd.DataFrame, item_ids: pd.Series, source: str = "interactions") -> pd.DataFrame:
+def validate_interactions(
+    df: pd.DataFrame, item_ids: pd.Series, source: str = "interactions"
+) -> pd.DataFrame:
     """Check an interaction log against the catalogue; returns a copy with canonical dtypes.
 
     Timestamps need not be monotonic per user (loaders sort), but must be present and numeric.

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-
 from llmrec.training.cooccurrence import CooccurrenceConfig, mine_pairs
 from llmrec.training.schema import RecData
 
@@ -45,8 +44,12 @@ def time_split(data: RecData, config: SplitConfig) -> Split:
     train = inter[inter["timestamp"] <= cutoff].reset_index(drop=True)
     test = inter[inter["timestamp"] > cutoff].reset_index(drop=True)
     if train.empty or test.empty:
-        raise ValueError(f"{data.name}: the split at t={cutoff} leaves an empty side (train {len(train)}, test {len(test)})")
-    return Split(cutoff, train, test, mine_pairs(train, config.train_pairs), mine_pairs(test, config.test_pairs))
+        raise ValueError(
+            f"{data.name}: the split at t={cutoff} leaves an empty side (train {len(train)}, test {len(test)})"
+        )
+    return Split(
+        cutoff, train, test, mine_pairs(train, config.train_pairs), mine_pairs(test, config.test_pairs)
+    )
 
 
 def split_stats(data: RecData, split: Split) -> dict[str, float | int]:

@@ -8,20 +8,22 @@ from pathlib import Path
 
 import torch
 import typer
-
-from llmrec.runs import provenance, table, write_json
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
 from llmrec.training.i2i_eval import category_accuracy, recall_at_k
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
 
+from llmrec.runs import provenance, table, write_json
+
 
 def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: bool = False) -> dict:
     started = time.time()
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no training run (config.json); run `llmrec train notellm` first")
+        raise FileNotFoundError(
+            f"{run_dir} holds no training run (config.json); run `llmrec train notellm` first"
+        )
     trained_config = NoteLLMConfig.from_dict(json.loads(config_path.read_text())["model"])
     ids = data.items["item_id"].tolist()
     held_out = split.held_out_items(data.items)
@@ -29,8 +31,14 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
     rows: list[dict] = []
 
     def add(name: str, vectors: torch.Tensor, cat_acc: float | None = None) -> None:
-        rows.append({"model": name, "dim": vectors.shape[1], **recall_at_k(vectors, ids, split.test_pairs),
-                     "category acc %": cat_acc if cat_acc is not None else float("nan")})
+        rows.append(
+            {
+                "model": name,
+                "dim": vectors.shape[1],
+                **recall_at_k(vectors, ids, split.test_pairs),
+                "category acc %": cat_acc if cat_acc is not None else float("nan"),
+            }
+        )
         typer.echo(f"  {name}: R@100 = {rows[-1]['R@100']:.2f}")
 
     # 1. The SentenceBERT analogue.
@@ -38,26 +46,48 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
     # 2. The backbone as NoteLLM trains it (same layers kept), untrained, raw hidden state.
     zero = NoteLLM(trained_config)
     layers = len(zero.lm.model.layers)
-    add(f"SmolLM2 {layers}L zero-shot", encode_notellm(zero, data.items, project=False),
-        category_accuracy(generate_categories(zero, held_out), truth))
+    add(
+        f"SmolLM2 {layers}L zero-shot",
+        encode_notellm(zero, data.items, project=False),
+        category_accuracy(generate_categories(zero, held_out), truth),
+    )
     del zero
     # 3. Optionally the whole backbone, untruncated.
     if full_backbone and trained_config.keep_layers is not None:
-        full = NoteLLM(NoteLLMConfig.from_dict({**json.loads(config_path.read_text())["model"], "keep_layers": None, "train_layers": None}))
-        add(f"SmolLM2 {len(full.lm.model.layers)}L zero-shot", encode_notellm(full, data.items, project=False))
+        full = NoteLLM(
+            NoteLLMConfig.from_dict(
+                {**json.loads(config_path.read_text())["model"], "keep_layers": None, "train_layers": None}
+            )
+        )
+        add(
+            f"SmolLM2 {len(full.lm.model.layers)}L zero-shot", encode_notellm(full, data.items, project=False)
+        )
         del full
     # 4. The trained model.
     model = NoteLLM.load(run_dir / "model")
-    add(f"NoteLLM ({layers}L, trained)", encode_notellm(model, data.items),
-        category_accuracy(generate_categories(model, held_out), truth))
+    add(
+        f"NoteLLM ({layers}L, trained)",
+        encode_notellm(model, data.items),
+        category_accuracy(generate_categories(model, held_out), truth),
+    )
 
-    majority = held_out["category"].value_counts(normalize=True).max() * 100 if len(held_out) else float("nan")
-    report = {"rows": rows, "test_pairs": len(split.test_pairs), "items": len(ids), "held_out_items": len(held_out),
-              "majority_category_acc": majority, **provenance(started)}
+    majority = (
+        held_out["category"].value_counts(normalize=True).max() * 100 if len(held_out) else float("nan")
+    )
+    report = {
+        "rows": rows,
+        "test_pairs": len(split.test_pairs),
+        "items": len(ids),
+        "held_out_items": len(held_out),
+        "majority_category_acc": majority,
+        **provenance(started),
+    }
     write_json(run_dir / "eval" / "report.json", report)
-    typer.echo(f"\ni2i recall (%) over {len(split.test_pairs)} held-out pairs, {len(ids)} items; "
-               f"category accuracy over {len(held_out)} items absent from training pairs "
-               f"(majority class: {majority:.1f}%)")
+    typer.echo(
+        f"\ni2i recall (%) over {len(split.test_pairs)} held-out pairs, {len(ids)} items; "
+        f"category accuracy over {len(held_out)} items absent from training pairs "
+        f"(majority class: {majority:.1f}%)"
+    )
     typer.echo(table(rows))
     typer.echo(f"report: {run_dir / 'eval' / 'report.json'}")
     return report

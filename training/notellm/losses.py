@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from llmrec.training.notellm.prompts import IGNORE_INDEX
+from torch import nn
 
 
 class GenerativeContrastiveLoss(nn.Module):

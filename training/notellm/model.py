@@ -9,11 +9,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss
 from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
+from torch import nn
 
 
 @dataclass
@@ -43,7 +42,9 @@ def load_causal_lm(config: NoteLLMConfig):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if getattr(lm.config, "model_type", "") not in ("llama", "mistral", "qwen2", "qwen3"):
-        raise ValueError(f"{config.backbone}: NoteLLM needs a LLaMA-family causal LM, got {lm.config.model_type!r}")
+        raise ValueError(
+            f"{config.backbone}: NoteLLM needs a LLaMA-family causal LM, got {lm.config.model_type!r}"
+        )
     if config.keep_layers is not None:
         total = len(lm.model.layers)
         if not 1 <= config.keep_layers <= total:
@@ -118,7 +119,9 @@ class NoteLLM(nn.Module):
     def load(cls, folder: Path) -> NoteLLM:
         config_path = Path(folder) / "notellm.json"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a NoteLLM model folder (no notellm.json); train one first")
+            raise FileNotFoundError(
+                f"{folder} is not a NoteLLM model folder (no notellm.json); train one first"
+            )
         config = NoteLLMConfig.from_dict(json.loads(config_path.read_text()))
         config.backbone = str(Path(folder) / "backbone")  # the folder may have moved
         model = cls(config)

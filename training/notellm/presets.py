@@ -43,8 +43,15 @@ PRESETS: dict[str, tuple[NoteLLMConfig, TrainConfig]] = {
     ),
     "gpu": (
         NoteLLMConfig(),
-        TrainConfig(epochs=1.0, batch_pairs=64, lr=3e-6, head_lr=1e-3, bf16=True, gradient_checkpointing=True,
-                    checkpoint_every=500),
+        TrainConfig(
+            epochs=1.0,
+            batch_pairs=64,
+            lr=3e-6,
+            head_lr=1e-3,
+            bf16=True,
+            gradient_checkpointing=True,
+            checkpoint_every=500,
+        ),
     ),
     # A seconds-long run for tests and smoke checks (2 layers, a few steps).
     "tiny": (

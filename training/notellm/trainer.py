@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
-
-from llmrec.runs import peak_rss_mib, write_json
 from llmrec.training.notellm.losses import combine, generation_loss
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
 from llmrec.training.notellm.prompts import collate
+from tqdm.auto import tqdm
+
+from llmrec.runs import peak_rss_mib, write_json
 
 
 def seed_everything(seed: int) -> None:
@@ -31,7 +31,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batches_without_repeats(pairs: list[tuple[str, str]], batch_pairs: int, rng: random.Random) -> list[list[tuple[str, str]]]:
+def batches_without_repeats(
+    pairs: list[tuple[str, str]], batch_pairs: int, rng: random.Random
+) -> list[list[tuple[str, str]]]:
     """Shuffle pairs into batches in which no note appears twice (a repeat would be its own negative)."""
     pending = pairs[:]
     rng.shuffle(pending)
@@ -67,16 +69,29 @@ class NoteLLMTrainer:
         seed_everything(train_config.seed)
         self.model = NoteLLM(model_config)
         if train_config.gradient_checkpointing:
-            self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.lm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        new = [*self.model.project.parameters(), *self.model.gcl.parameters()]
-        new_ids = {id(p) for p in new}
+        head = list(self.model.project.parameters())
+        temperature = list(self.model.gcl.parameters())
+        new_ids = {id(p) for p in head + temperature}
         pretrained = [p for p in self.model.parameters() if p.requires_grad and id(p) not in new_ids]
         self.optimizer = torch.optim.AdamW(
-            [{"params": pretrained, "lr": train_config.lr}, {"params": new, "lr": train_config.head_lr}],
+            [
+                {"params": pretrained, "lr": train_config.lr},
+                {"params": head, "lr": train_config.head_lr},
+                {
+                    "params": temperature,
+                    "lr": train_config.head_lr,
+                    "weight_decay": 0.0,
+                },  # no pull toward tau = 0
+            ],
             weight_decay=train_config.weight_decay,
         )
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = group["lr"]  # the schedule scales this; it survives a checkpoint round trip
         self.step = 0
         self.history: list[StepLog] = []
 
@@ -95,7 +110,11 @@ class NoteLLMTrainer:
             "step": self.step,
             "model": trainable,
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
             "history": [vars(h) for h in self.history],
         }
         torch.save(state, path.with_suffix(".tmp"))
@@ -132,7 +151,9 @@ class NoteLLMTrainer:
         pair_list = list(zip(pairs["src"], pairs["dst"], strict=True))
         per_epoch = batches_without_repeats(pair_list, self.tc.batch_pairs, rng)
         if not per_epoch:
-            raise ValueError(f"{len(pair_list)} training pairs cannot fill one batch of {self.tc.batch_pairs}")
+            raise ValueError(
+                f"{len(pair_list)} training pairs cannot fill one batch of {self.tc.batch_pairs}"
+            )
         total = self.tc.steps if self.tc.steps is not None else math.ceil(self.tc.epochs * len(per_epoch))
         order = []
         while len(order) < total:
@@ -146,20 +167,23 @@ class NoteLLMTrainer:
         progress = (step - self.tc.warmup_steps) / max(1, total - self.tc.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def train(self, pairs: pd.DataFrame, items: pd.DataFrame) -> list[StepLog]:
+    def train(self, pairs: pd.DataFrame, items: pd.DataFrame, stop_at: int | None = None) -> list[StepLog]:
+        """Train to the planned number of steps (or stop early at `stop_at`, as an interruption would)."""
         by_id = {r["item_id"]: r for r in items.to_dict("records")}
         order = self.plan(pairs, items)
-        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         prompt_rng = random.Random(self.tc.seed + 1)
         for _ in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
             self._prompts(order[_], by_id, prompt_rng)
         self.model.train()
         bar = tqdm(total=len(order), initial=self.step, desc="notellm", unit="step", dynamic_ncols=True)
-        while self.step < len(order):
+        end = len(order) if stop_at is None else min(stop_at, len(order))
+        while self.step < end:
             started = time.perf_counter()
-            batch = {k: v.to(self.device) for k, v in self._prompts(order[self.step], by_id, prompt_rng).items()}
-            for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * self.lr_scale(self.step, len(order))
+            batch = {
+                k: v.to(self.device) for k, v in self._prompts(order[self.step], by_id, prompt_rng).items()
+            }
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * self.lr_scale(self.step, len(order))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
                 hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
                 vectors = self.model.note_vectors(hidden, batch["emb_index"])
@@ -167,18 +191,34 @@ class NoteLLMTrainer:
                 l_gen = generation_loss(hidden, batch["labels"], self.model.lm.lm_head)
                 loss = combine(l_cl, l_gen, self.mc.alpha)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {self.step}; lower the learning rate"
+                )
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.tc.grad_clip
+            )
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            log = StepLog(self.step, loss.item(), l_cl.item(), l_gen.item(), self.model.gcl.tau.item(),
-                          self.tc.batch_pairs / (time.perf_counter() - started))
+            log = StepLog(
+                self.step,
+                loss.item(),
+                l_cl.item(),
+                l_gen.item(),
+                self.model.gcl.tau.item(),
+                self.tc.batch_pairs / (time.perf_counter() - started),
+            )
             self.history.append(log)
             bar.update(1)
-            bar.set_postfix(loss=f"{log.loss:.3f}", cl=f"{log.l_cl:.3f}", gen=f"{log.l_gen:.3f}",
-                            tau=f"{log.tau:.2f}", pairs_s=f"{log.pairs_per_s:.1f}", rss=f"{peak_rss_mib():.0f}M")
+            bar.set_postfix(
+                loss=f"{log.loss:.3f}",
+                cl=f"{log.l_cl:.3f}",
+                gen=f"{log.l_gen:.3f}",
+                tau=f"{log.tau:.2f}",
+                pairs_s=f"{log.pairs_per_s:.1f}",
+                rss=f"{peak_rss_mib():.0f}M",
+            )
             if self.step % self.tc.checkpoint_every == 0 or self.step == len(order):
                 self.save_checkpoint()
         bar.close()

