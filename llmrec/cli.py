@@ -30,6 +30,12 @@ TestFracOpt = Annotated[float, typer.Option(help="Share of interactions, by time
 NoteLLMDir = Annotated[Path, typer.Option(help="NoteLLM run folder (holds model/).")]
 
 
+def _fail(error: Exception) -> typer.Exit:
+    """A problem the user can fix: one red line, exit status 2, no traceback."""
+    typer.secho(f"error: {error}", fg="red", err=True)
+    return typer.Exit(2)
+
+
 def _notellm_dir() -> Path:
     return artifacts_dir() / "notellm"
 
@@ -47,8 +53,7 @@ def _load(items: Path | None, interactions: Path | None, test_fraction: float):
         config = SplitConfig(test_fraction=test_fraction)
         return data, config, time_split(data, config)
     except (SchemaError, ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(e) from None
 
 
 @data_app.command("stats")
@@ -154,9 +159,14 @@ def embed(
 
     run_dir = run_dir or _notellm_dir()
     data, _, _ = _load(items, interactions, 0.1)
-    model = NoteLLM.load(run_dir / "model")
-    vectors = encode_notellm(model, data.items)
-    path = save_vectors(out or run_dir / "item_vectors.npy", data.items["item_id"].tolist(), vectors.numpy())
+    try:
+        model = NoteLLM.load(run_dir / "model")
+        vectors = encode_notellm(model, data.items)
+        path = save_vectors(
+            out or run_dir / "item_vectors.npy", data.items["item_id"].tolist(), vectors.numpy()
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
     typer.echo(f"wrote {len(vectors)} vectors of {vectors.shape[1]} dims to {path}")
 
 
@@ -175,7 +185,10 @@ def eval_notellm(
 
     run_dir = run_dir or _notellm_dir()
     data, _, split = _load(items, interactions, test_fraction)
-    evaluate_notellm(run_dir, data, split, full_backbone=full_backbone)
+    try:
+        evaluate_notellm(run_dir, data, split, full_backbone=full_backbone)
+    except FileNotFoundError as e:
+        raise _fail(e) from None
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ def _batches(items: pd.DataFrame, batch_size: int, desc: str):
 
 @torch.no_grad()
 def encode_notellm(
-    model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, project: bool = True
+    model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, project: bool = True, normalize: bool = True
 ) -> torch.Tensor:
-    """Note vectors from the category prompt cut after [EMB]; project=False gives the zero-shot form."""
+    """Note vectors from the category prompt cut after [EMB].
+
+    project=False gives the hidden states themselves (the zero-shot form), L2-normalised unless
+    normalize=False.
+    """
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -36,9 +40,8 @@ def encode_notellm(
         if project:
             out.append(model.note_vectors(hidden, batch["emb_index"]).float().cpu())
         else:
-            pos = batch["emb_index"] - (1 if model.config.vector_position == "before_emb" else 0)
-            picked = hidden[torch.arange(hidden.shape[0], device=device), pos]
-            out.append(F.normalize(picked.float(), dim=-1).cpu())
+            states = model.vector_states(hidden, batch["emb_index"]).float()
+            out.append((F.normalize(states, dim=-1) if normalize else states).cpu())
     return torch.cat(out)
 
 

@@ -43,6 +43,24 @@ def recall_at_k(
     return {f"R@{k}": 100.0 * float((rank < k).float().mean()) for k in ks}
 
 
+def popularity_recall(
+    train_interactions: pd.DataFrame, item_ids: list[str], pairs: pd.DataFrame, ks=DEFAULT_KS
+) -> dict[str, float]:
+    """Recall@k of one fixed list for every query: items by training-period interaction count (A excluded).
+
+    Not a text model: the context that says how much of the co-occurrence signal is plain popularity.
+    """
+    counts = train_interactions["item_id"].value_counts().reindex(item_ids).fillna(0).to_numpy()
+    order = torch.tensor(counts).argsort(descending=True, stable=True)  # ties: lower catalogue index first
+    row = {item_id: i for i, item_id in enumerate(item_ids)}
+    rank_of = torch.empty(len(item_ids), dtype=torch.long)
+    rank_of[order] = torch.arange(len(item_ids))
+    src = torch.tensor(pairs["src"].map(row).to_numpy())
+    dst = torch.tensor(pairs["dst"].map(row).to_numpy())
+    rank = rank_of[dst] - (rank_of[src] < rank_of[dst]).long()  # A itself is left out of the list
+    return {f"R@{k}": 100.0 * float((rank < k).float().mean()) for k in ks if k < len(item_ids)}
+
+
 def category_accuracy(predicted: list[str], truth: list[str]) -> float:
     """Exact match (case-insensitive), in %."""
     if not truth:

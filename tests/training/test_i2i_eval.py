@@ -40,3 +40,13 @@ def test_category_accuracy():
     assert category_accuracy(["Drama", " comedy", "x"], ["drama", "Comedy", "Action"]) == pytest.approx(
         200 / 3
     )
+
+
+def test_popularity_recall_by_hand():
+    from llmrec.training.i2i_eval import popularity_recall
+
+    train = pd.DataFrame({"user_id": "u", "item_id": ["c", "c", "c", "b", "b", "a"], "timestamp": 0.0})
+    # List: c, b, a, d. Query a: [c, b, d] -> b at rank 1. Query c: [b, a, d] -> d at rank 2.
+    pairs = pd.DataFrame({"src": ["a", "c"], "dst": ["b", "d"], "score": 1.0})
+    got = popularity_recall(train, ["a", "b", "c", "d"], pairs, ks=(1, 2, 3))
+    assert got == pytest.approx({"R@1": 0.0, "R@2": 50.0, "R@3": 100.0})

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import typer
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
-from llmrec.training.i2i_eval import category_accuracy, recall_at_k
+from llmrec.training.i2i_eval import category_accuracy, popularity_recall, recall_at_k
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
@@ -39,8 +39,17 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
                 "category acc %": cat_acc if cat_acc is not None else float("nan"),
             }
         )
-        typer.echo(f"  {name}: R@100 = {rows[-1]['R@100']:.2f}")
+        typer.echo(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.startswith("R@")))
 
+    # 0. Context, not a text model: one popularity list for every query.
+    rows.append(
+        {
+            "model": "popularity (train period)",
+            "dim": 0,
+            **popularity_recall(split.train_interactions, ids, split.test_pairs),
+            "category acc %": float("nan"),
+        }
+    )
     # 1. The SentenceBERT analogue.
     add("all-MiniLM-L6-v2 zero-shot", encode_sentence_model(data.items))
     # 2. The backbone as NoteLLM trains it (same layers kept), untrained, raw hidden state.

@@ -174,6 +174,8 @@ class NoteLLMTrainer:
         prompt_rng = random.Random(self.tc.seed + 1)
         for _ in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
             self._prompts(order[_], by_id, prompt_rng)
+        if self.step == 0 and self.mc.projection_init == "pca":
+            self._init_projection(pairs, items)
         self.model.train()
         bar = tqdm(total=len(order), initial=self.step, desc="notellm", unit="step", dynamic_ncols=True)
         end = len(order) if stop_at is None else min(stop_at, len(order))
@@ -223,6 +225,22 @@ class NoteLLMTrainer:
                 self.save_checkpoint()
         bar.close()
         return self.history
+
+    def _init_projection(self, pairs: pd.DataFrame, items: pd.DataFrame, max_items: int = 512) -> None:
+        """PCA-initialise the projection from the training items' raw states (training items only: no leakage)."""
+        from llmrec.training.encoders import encode_notellm
+
+        ids = pd.unique(pd.concat([pairs["src"], pairs["dst"]]))
+        rng = np.random.default_rng(self.tc.seed)
+        chosen = rng.choice(ids, size=min(max_items, len(ids)), replace=False)
+        sample = items[items["item_id"].isin(set(chosen))]
+        if len(sample) < self.mc.emb_dim:
+            print(
+                f"only {len(sample)} training items for a {self.mc.emb_dim}-d PCA: keeping the random projection"
+            )
+            return
+        states = encode_notellm(self.model, sample, project=False, normalize=False)
+        self.model.init_projection_pca(states.to(self.device))
 
     def _prompts(self, pair_batch, by_id, rng) -> dict[str, torch.Tensor]:
         notes = [by_id[a] for a, _ in pair_batch] + [by_id[b] for _, b in pair_batch]  # [a_1..a_B, b_1..b_B]

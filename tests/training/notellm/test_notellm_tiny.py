@@ -101,3 +101,16 @@ def test_padding_does_not_change_a_vector(tiny_llama_dir):
     alone = torch.cat([encode_notellm(model, items.iloc[[i]]) for i in range(6)])
     batched = encode_notellm(model, items, batch_size=6)
     assert torch.allclose(alone, batched, atol=1e-5)
+
+
+def test_pca_projection_is_orthonormal_and_blind_to_the_mean(tiny_llama_dir):
+    model = NoteLLM(config(tiny_llama_dir))
+    torch.manual_seed(0)
+    common = torch.randn(64) * 10
+    states = common + torch.randn(40, 64)  # nearly parallel states, like an LLM's at one prompt position
+    model.init_projection_pca(states)
+    w = model.project.weight.double()
+    assert torch.allclose(w @ w.T, torch.eye(16, dtype=torch.float64), atol=1e-5)
+    assert (w @ (states.double().mean(0))).abs().max() < 1e-3
+    v = torch.nn.functional.normalize(model.project(states), dim=1)
+    assert (v @ v.T).mean() < 0.2  # spread out, unlike the raw states

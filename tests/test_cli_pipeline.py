@@ -1,0 +1,67 @@
+"""The CLI stages end to end on a tiny random-weight LLaMA and the user-file loader."""
+
+import json
+
+import numpy as np
+import pandas as pd
+from llmrec.training.embed_io import load_vectors
+from typer.testing import CliRunner
+
+from llmrec.cli import app
+from tests.conftest import make_items
+
+runner = CliRunner()
+
+
+def test_train_eval_embed_on_user_files(tmp_path, tiny_llama_dir):
+    items = make_items(40)
+    items.to_parquet(tmp_path / "items.parquet")
+    rng = np.random.default_rng(0)
+    log = [
+        {"user_id": f"u{u}", "item_id": str(rng.integers(0, 40)), "timestamp": int(t)}
+        for u in range(60)
+        for t in rng.integers(0, 10_000, size=12)
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    data = ["--items", str(tmp_path / "items.parquet"), "--interactions", str(tmp_path / "log.jsonl")]
+    run = ["--run-dir", str(tmp_path / "run")]
+
+    result = runner.invoke(
+        app, ["train", "notellm", "--preset", "tiny", "--backbone", str(tiny_llama_dir), *run, *data]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["steps"] == 4 and report["peak_rss_mib"] > 0
+
+    result = runner.invoke(app, ["eval", "notellm", *run, *data])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["rows"]
+    assert [r["model"].split()[0] for r in rows] == ["popularity", "all-MiniLM-L6-v2", "SmolLM2", "NoteLLM"]
+    assert all(0 <= r["R@10"] <= 100 for r in rows)
+
+    out = tmp_path / "vectors.parquet"
+    result = runner.invoke(app, ["embed", *run, "--out", str(out), *data])
+    assert result.exit_code == 0, result.output
+    ids, vectors = load_vectors(out)
+    assert ids == items["item_id"].tolist() and vectors.shape == (40, 32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_eval_without_a_run_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["eval", "notellm", "--run-dir", str(tmp_path / "nothing")])
+    assert result.exit_code != 0
+    assert "run `llmrec train notellm` first" in str(result.exception) + result.output
+
+
+def test_vector_file_errors(tmp_path):
+    import pytest
+    from llmrec.training.embed_io import save_vectors
+
+    path = save_vectors(tmp_path / "v.npy", ["a", "b"], np.eye(2, dtype=np.float32))
+    assert load_vectors(path)[0] == ["a", "b"]
+    (tmp_path / "v.ids.json").write_text('["a"]')
+    with pytest.raises(ValueError, match=r"\(2, 2\) vectors for 1 ids"):
+        load_vectors(path)
+    pd.DataFrame({"item_id": ["a"], "vec": [[1.0]]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="needs columns item_id and vector"):
+        load_vectors(tmp_path / "bad.parquet")
