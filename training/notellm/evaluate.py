@@ -39,7 +39,9 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
                 "category acc %": cat_acc if cat_acc is not None else float("nan"),
             }
         )
-        typer.echo(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.startswith("R@")))
+        typer.echo(
+            f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.startswith("R@"))
+        )
 
     # 0. Context, not a text model: one popularity list for every query.
     rows.append(
