@@ -9,6 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Without a GPU, the Triton kernels run under the interpreter on CPU tensors. It is read when a kernel
+# module is imported, so it is set here, before any test imports llmrec.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -21,12 +21,12 @@ def test_ties_break_toward_the_lower_index():
     assert idx.tolist() == [[0, 2, 3]]
 
 
-def test_k_larger_than_catalogue_is_clipped():
+def test_k_beyond_the_eligible_items_pads_with_minus_one():
     x = torch.eye(3)
-    scores, idx = cosine_topk(x[:1], x, k=10, exclude=torch.tensor([0]))
-    assert idx.shape == (1, 2)
-    scores, idx = cosine_topk(x[:1], x, k=3)
-    assert idx.shape == (1, 3)
+    scores, idx = cosine_topk(
+        x[:1], x, k=10, exclude=torch.tensor([0]), deleted=torch.tensor([False, False, True])
+    )
+    assert idx.tolist() == [[1, -1, -1]] and torch.isneginf(scores[0, 1:]).all()
 
 
 def test_bad_arguments():
@@ -34,3 +34,5 @@ def test_bad_arguments():
         cosine_topk(torch.eye(2), torch.eye(2), k=0)
     with pytest.raises(ValueError, match=r"expected queries \(q, d\)"):
         cosine_topk(torch.eye(2), torch.eye(3), k=1)
+    with pytest.raises(ValueError, match="exclude must have one index per query"):
+        cosine_topk(torch.eye(2), torch.eye(2), k=1, exclude=torch.tensor([0]))
