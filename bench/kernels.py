@@ -94,8 +94,20 @@ def run(smoke: bool, device: str, out_dir: Path) -> dict:
         ms, lo, hi = times
         gbps = nbytes / ms / 1e6
         tf = flops / ms / 1e9 if flops else 0.0
-        rows.append(Row(kernel, shape, provider, ms, lo, hi, gbps, 100 * gbps / copy_bw, tf,
-                        100 * tf / mm_peak if flops else 0.0))
+        rows.append(
+            Row(
+                kernel,
+                shape,
+                provider,
+                ms,
+                lo,
+                hi,
+                gbps,
+                100 * gbps / copy_bw,
+                tf,
+                100 * tf / mm_peak if flops else 0.0,
+            )
+        )
         print(f"{kernel:16s} {shape:28s} {provider:14s} {ms:9.4f} ms {gbps:8.1f} GB/s", flush=True)
 
     for q, n, d, k in topk_cases(smoke):
@@ -115,36 +127,66 @@ def run(smoke: bool, device: str, out_dir: Path) -> dict:
         if device == "cuda":
             compiled = torch.compile(eager)
             add("cosine_topk", shape, "torch.compile", bench(compiled), nbytes, 2 * q * n * d)
-        add("cosine_topk", shape, "ours", bench(lambda qs=qs, x=x, k=k: cosine_topk(qs, x, k, force=force)),
-            nbytes, 2 * q * n * d)
+        add(
+            "cosine_topk",
+            shape,
+            "ours",
+            bench(lambda qs=qs, x=x, k=k: cosine_topk(qs, x, k, force=force)),
+            nbytes,
+            2 * q * n * d,
+        )
 
     for b, length, d in pool_cases(smoke):
         e = torch.randn(b, length, d, device=device, dtype=dtype)
-        mask = torch.arange(length, device=device)[None, :] < torch.randint(1, length + 1, (b, 1), device=device)
+        mask = torch.arange(length, device=device)[None, :] < torch.randint(
+            1, length + 1, (b, 1), device=device
+        )
         w = torch.randn(d, device=device)
         got = dot_attention_pool(e, mask, w, force=force)
-        if not torch.allclose(got.float(), dot_attention_pool_reference(e, mask, w).float(), atol=1e-2, rtol=1e-2):
+        if not torch.allclose(
+            got.float(), dot_attention_pool_reference(e, mask, w).float(), atol=1e-2, rtol=1e-2
+        ):
             raise AssertionError(f"attention pooling disagrees with the reference at {(b, length, d)}")
         fwd_bytes = e.numel() * e.element_size() + mask.numel() + b * d * e.element_size()
         shape = f"B={b} L={length} D={d}"
-        providers = {"torch": dot_attention_pool_reference, "ours": lambda *a: dot_attention_pool(*a, force=force)}
+        providers = {
+            "torch": dot_attention_pool_reference,
+            "ours": lambda *a: dot_attention_pool(*a, force=force),
+        }
         if device == "cuda":
             providers["torch.compile"] = torch.compile(dot_attention_pool_reference)
         for name, fn in providers.items():
-            add("attn_pool fwd", shape, name, bench(lambda fn=fn: fn(e, mask, w)), fwd_bytes)
+            add(
+                "attn_pool fwd",
+                shape,
+                name,
+                bench(lambda fn=fn, e=e, mask=mask, w=w: fn(e, mask, w)),
+                fwd_bytes,
+            )
             e_grad = e.clone().requires_grad_(True)
             grad = torch.randn(b, d, device=device, dtype=dtype)
 
-            def fwd_bwd(fn=fn, e_grad=e_grad, grad=grad):
+            def fwd_bwd(fn=fn, e_grad=e_grad, grad=grad, mask=mask, w=w):
                 fn(e_grad, mask, w).backward(grad)
 
             # fwd + bwd: E read twice (forward, backward), dE written once, dh read once.
-            add("attn_pool fwd+bwd", shape, name, bench(fwd_bwd), 3 * e.numel() * e.element_size() + 2 * fwd_bytes)
+            add(
+                "attn_pool fwd+bwd",
+                shape,
+                name,
+                bench(fwd_bwd),
+                3 * e.numel() * e.element_size() + 2 * fwd_bytes,
+            )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
-    meta = {"device": device_name, "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
-            "copy_gbps": round(copy_bw, 1), "matmul_tflops": round(mm_peak, 1)}
+    meta = {
+        "device": device_name,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(),
+        "copy_gbps": round(copy_bw, 1),
+        "matmul_tflops": round(mm_peak, 1),
+    }
     with (out_dir / "kernels.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*meta, *asdict(rows[0])])
         writer.writeheader()
@@ -152,7 +194,12 @@ def run(smoke: bool, device: str, out_dir: Path) -> dict:
     plot(rows, meta, out_dir / "kernels.png")
     print(f"\n{device_name}: measured copy bandwidth {copy_bw:.0f} GB/s, matmul peak {mm_peak:.1f} TFLOP/s")
     print(table([{k: v for k, v in asdict(r).items() if k not in ("ms_p20", "ms_p80")} for r in rows], ".3f"))
-    summary = {**meta, "rows": len(rows), "csv": str(out_dir / "kernels.csv"), "png": str(out_dir / "kernels.png")}
+    summary = {
+        **meta,
+        "rows": len(rows),
+        "csv": str(out_dir / "kernels.csv"),
+        "png": str(out_dir / "kernels.png"),
+    }
     print(json.dumps(summary))
     return summary
 
@@ -174,7 +221,9 @@ def plot(rows: list[Row], meta: dict, path: Path) -> None:
             vals = [next((r.gbps for r in sel if r.shape == s and r.provider == p), 0) for s in shapes]
             ax.bar([j + i * width for j in range(len(shapes))], vals, width, label=p)
         ax.axhline(meta["copy_gbps"], color="k", ls="--", lw=1, label="measured copy bandwidth")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=20, fontsize=7, ha="right")
+        ax.set_xticks(
+            [j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=20, fontsize=7, ha="right"
+        )
         ax.set_ylabel("GB/s")
         ax.set_title(f"{kernel} on {meta['device']} ({meta['date']}, {meta['commit']})", fontsize=9)
         ax.legend(fontsize=7)
@@ -183,13 +232,19 @@ def plot(rows: list[Row], meta: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes; runs on CPU through TRITON_INTERPRET=1")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes; runs on CPU through TRITON_INTERPRET=1"
+    )
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
-        raise SystemExit("bench.kernels: no CUDA device here; the full suite needs a GPU (use --smoke to check the script)")
+        raise SystemExit(
+            "bench.kernels: no CUDA device here; the full suite needs a GPU (use --smoke to check the script)"
+        )
     run(args.smoke, device, args.out)
 
 

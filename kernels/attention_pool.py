@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from llmrec.kernels.dispatch import use_triton
 from llmrec.kernels.reference import additive_attention_pool_reference, dot_attention_pool_reference
 

@@ -21,6 +21,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+
 from llmrec.kernels.dispatch import use_triton
 from llmrec.kernels.reference import cosine_topk_reference
 

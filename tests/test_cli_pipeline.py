@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pandas as pd
-from llmrec.training.embed_io import load_vectors
 from typer.testing import CliRunner
 
 from llmrec.cli import app
+from llmrec.training.embed_io import load_vectors
 from tests.conftest import make_items
 
 runner = CliRunner()
@@ -55,6 +55,7 @@ def test_eval_without_a_run_is_a_clear_error(tmp_path):
 
 def test_vector_file_errors(tmp_path):
     import pytest
+
     from llmrec.training.embed_io import save_vectors
 
     path = save_vectors(tmp_path / "v.npy", ["a", "b"], np.eye(2, dtype=np.float32))

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from llmrec.training.schema import RecData, SchemaError, validate_interactions, validate_items
 
 from llmrec.assets import movielens_100k_dir
+from llmrec.training.schema import RecData, SchemaError, validate_interactions, validate_items
 
 
 def _read_atomic(path: Path) -> pd.DataFrame:

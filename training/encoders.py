@@ -9,10 +9,11 @@ from __future__ import annotations
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
 from llmrec.training.backbones import MINILM, resolve_encoder
 from llmrec.training.notellm.model import NoteLLM
 from llmrec.training.notellm.prompts import collate
-from tqdm.auto import tqdm
 
 
 def _batches(items: pd.DataFrame, batch_size: int, desc: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+
 from llmrec.kernels import cosine_topk
 
 DEFAULT_KS = (10, 50, 100, 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
+
 from llmrec.training.cooccurrence import CooccurrenceConfig, mine_pairs
 from llmrec.training.schema import RecData
 

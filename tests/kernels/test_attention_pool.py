@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from llmrec.kernels.attention_pool import additive_attention_pool, dot_attention_pool
 from llmrec.kernels.reference import additive_attention_pool_reference, dot_attention_pool_reference
 

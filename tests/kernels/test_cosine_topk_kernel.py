@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llmrec.kernels.cosine_topk import cosine_topk
 from llmrec.kernels.reference import cosine_topk_reference
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from llmrec.kernels import cosine_topk
 from llmrec.kernels.reference import cosine_topk_reference
 

@@ -1,5 +1,6 @@
 import pandas as pd
 import pytest
+
 from llmrec.training.cooccurrence import CooccurrenceConfig, mine_pairs
 
 

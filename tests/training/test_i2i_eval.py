@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+
 from llmrec.training.i2i_eval import category_accuracy, recall_at_k
 
 

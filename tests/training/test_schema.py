@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+
 from llmrec.training.datasets import load_user_files, read_table
 from llmrec.training.schema import SchemaError, validate_interactions, validate_items
 

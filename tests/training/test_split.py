@@ -1,7 +1,7 @@
 import pandas as pd
+
 from llmrec.training.schema import RecData
 from llmrec.training.split import SplitConfig, time_split
-
 from tests.conftest import make_items
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 import typer
+
+from llmrec.runs import provenance, table, write_json
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
 from llmrec.training.i2i_eval import category_accuracy, popularity_recall, recall_at_k
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
-
-from llmrec.runs import provenance, table, write_json
 
 
 def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: bool = False) -> dict:

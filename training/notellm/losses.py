@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from llmrec.training.notellm.prompts import IGNORE_INDEX
 from torch import nn
+
+from llmrec.training.notellm.prompts import IGNORE_INDEX
 
 
 class GenerativeContrastiveLoss(nn.Module):

@@ -9,10 +9,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss
 from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
-from torch import nn
 
 
 @dataclass

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
+from llmrec.runs import peak_rss_mib, write_json
 from llmrec.training.notellm.losses import combine, generation_loss
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
 from llmrec.training.notellm.prompts import collate
-from tqdm.auto import tqdm
-
-from llmrec.runs import peak_rss_mib, write_json
 
 
 def seed_everything(seed: int) -> None:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss, combine, generation_loss
 
 

@@ -4,11 +4,11 @@ import random
 
 import pandas as pd
 import torch
+
 from llmrec.training.encoders import encode_notellm
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
 from llmrec.training.notellm.trainer import NoteLLMTrainer, batches_without_repeats
-
 from tests.conftest import make_items
 
 

@@ -1,9 +1,9 @@
 import random
 
 import pytest
+
 from llmrec.training.notellm.model import NoteLLMConfig, load_causal_lm
 from llmrec.training.notellm.prompts import EMB_TOKEN, IGNORE_INDEX, PromptBuilder, PromptConfig, collate
-
 from tests.conftest import make_items
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.prompts import EMB_TOKEN, collate
-
 from tests.conftest import make_items
 
 
