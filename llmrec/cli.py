@@ -191,5 +191,89 @@ def eval_notellm(
         raise _fail(e) from None
 
 
+def _eaar_dir(teacher: str | None, strategy: str, seed: int) -> Path:
+    return artifacts_dir() / "eaar" / (Path(teacher).stem if teacher else "none") / strategy / f"seed{seed}"
+
+
+@train_app.command("eaar")
+def train_eaar(
+    strategy: Annotated[str, typer.Option(help="base (no LLM), eaaf, eaar or eaap.")] = "eaar",
+    preset: Annotated[
+        str, typer.Option(help="cpu (about a minute), gpu (the paper's settings), tiny (smoke).")
+    ] = "cpu",
+    teacher: Annotated[
+        str, typer.Option(help="'notellm' (llmrec embed output), 'mpnet', or a vector file.")
+    ] = "notellm",
+    teacher_dim: Annotated[
+        int | None, typer.Option(help="The teacher's dimension (default: read from it).")
+    ] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="Token pooling: 'additive' (released code) or 'dot' (paper).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and batch order.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Default artifacts/eaar/<teacher>/<strategy>/seed<k>.")
+    ] = None,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+    test_fraction: TestFracOpt = 0.1,
+) -> None:
+    """Train one ranker of the GPT4SM family and evaluate it on the held-out impressions."""
+    from llmrec.training.eaar.runs import run_one
+
+    data, _, split = _load(items, interactions, test_fraction)
+    try:
+        report = run_one(
+            data,
+            split,
+            strategy,
+            preset,
+            teacher,
+            seed,
+            steps=steps,
+            pooling=pooling,
+            teacher_dim=teacher_dim,
+            run_dir=run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed),
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+    typer.echo(
+        f"{strategy} seed {seed}: AUC {report['AUC']:.4f}  MRR {report['MRR']:.4f}  "
+        f"nDCG@5 {report['nDCG@5']:.4f}  nDCG@10 {report['nDCG@10']:.4f}  ({report['wall_s']} s)"
+    )
+
+
+@eval_app.command("eaar")
+def eval_eaar(
+    teachers: Annotated[str, typer.Option(help="Comma-separated teachers to compare.")] = "notellm,mpnet",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "base,eaaf,eaar,eaap",
+    seeds: Annotated[int, typer.Option(help="Seeds per strategy and teacher (mean and spread).")] = 3,
+    preset: Annotated[str, typer.Option(help="Preset used for runs that are missing.")] = "cpu",
+    train_missing: Annotated[bool, typer.Option(help="Train the runs that have no report yet.")] = True,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+    test_fraction: TestFracOpt = 0.1,
+) -> None:
+    """The strategies x teachers table: mean and standard deviation over seeds of AUC, MRR, nDCG@5, nDCG@10."""
+    from llmrec.training.eaar.runs import sweep
+
+    data, _, split = _load(items, interactions, test_fraction)
+    try:
+        sweep(
+            data,
+            split,
+            [t for t in teachers.split(",") if t],
+            [s for s in strategies.split(",") if s],
+            seeds,
+            preset,
+            train_missing,
+            _eaar_dir,
+            artifacts_dir() / "eaar" / "summary.json",
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,222 @@
+"""The GPT4SM ranker: text encoder -> guide-and-pool -> item vectors -> attention over the history -> scores.
+
+Strategies (PAPERS.md section 1), with u the teacher's (LLM's) L2-normalised vector of an item:
+  base  h = pool(E)                                     no LLM anywhere
+  eaaf  h = sum_i a_i [e_i ; u], a = softmax(w.[e;u]/sqrt(d))   u is a feature: needed at serving time too
+  eaar  c = W_c e_0, h = [c ; pool(E)],  loss = CE + w_r mean ||c/||c|| - u||    u only in training
+  eaap  the eaar network; the first `pretrain_steps` train only MSE(c/||c||, u), then CE alone
+pool(.) is the additive form q.tanh(V e + b) (released code) or the scaled-dot form (paper), a config field;
+EaaF always uses the scaled-dot form, which is how the paper defines it. Both go through `llmrec.kernels`.
+The user vector is additive attention over the history's item vectors; score = user . item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec.kernels import additive_attention_pool, dot_attention_pool
+from llmrec.training.backbones import MINILM, resolve_encoder
+
+STRATEGIES = ("base", "eaaf", "eaar", "eaap")
+
+
+@dataclass
+class RankerConfig:
+    strategy: Literal["base", "eaaf", "eaar", "eaap"] = "eaar"
+    encoder: str = MINILM  # "minilm" or a BERT-class transformers folder
+    train_layers: int = 1  # top encoder layers that train (the paper: the top 4 of 12); 0 freezes it all
+    max_tokens: int = 32  # item text truncated to this many tokens (the paper: 32)
+    history_len: int = 10  # H: the user's last H items before the target (the paper: 50)
+    negatives: int = 4  # K sampled negatives per clicked target (the paper's npratio)
+    pooling: Literal["additive", "dot"] = "additive"  # token pooling of base / eaar / eaap
+    att_dim: int = 128  # A: width of the additive attention
+    teacher: str = "notellm"  # "notellm", "mpnet", or a vector file (.npy + ids, .parquet)
+    teacher_dim: int = 128  # U: the teacher's dimension, checked against the file
+    reg_weight: float = 0.1  # w_r of EaaR
+    pretrain_steps: int = 50  # EaaP: steps of the copy-only phase
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.strategy != "base"
+
+
+class TextEncoder(nn.Module):
+    """A BERT-class encoder whose frozen lower layers run once per catalogue (cached), the top ones per step."""
+
+    def __init__(self, spec: str, train_layers: int, max_tokens: int):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = resolve_encoder(spec)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.bert = AutoModel.from_pretrained(folder, attn_implementation="eager")
+        self.max_tokens = max_tokens
+        layers = self.bert.encoder.layer
+        if not 0 <= train_layers <= len(layers):
+            raise ValueError(f"train_layers={train_layers} but the encoder has {len(layers)} layers")
+        self.n_frozen = len(layers) - train_layers
+        self.bert.requires_grad_(False)
+        for layer in layers[self.n_frozen :]:
+            layer.requires_grad_(True)
+        self.register_buffer(
+            "cache", torch.empty(0), persistent=False
+        )  # (N, T, H) states below the top layers
+        self.register_buffer("cache_mask", torch.empty(0, dtype=torch.long), persistent=False)
+
+    @property
+    def hidden(self) -> int:
+        return self.bert.config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+
+    @torch.no_grad()
+    def build_cache(self, texts: list[str], batch_size: int = 256, store: Path | None = None) -> None:
+        """Run embeddings + frozen layers over the whole catalogue once (or load them from `store`)."""
+        if store is not None and store.is_file():
+            saved = torch.load(store)
+            self.cache, self.cache_mask = saved["states"], saved["mask"]
+            return
+        states, masks = [], []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[start : start + batch_size])
+            hidden = self.bert.embeddings(
+                input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids")
+            )
+            hidden = self._run(self.bert.encoder.layer[: self.n_frozen], hidden, enc["attention_mask"])
+            states.append(hidden)
+            masks.append(enc["attention_mask"])
+        self.cache, self.cache_mask = torch.cat(states), torch.cat(masks)
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"states": self.cache, "mask": self.cache_mask}, store.with_suffix(".tmp"))
+            store.with_suffix(".tmp").replace(store)
+
+    def cache_key(self, texts: list[str]) -> str:
+        """Names the cached states: encoder folder, frozen depth, token budget and the catalogue's text."""
+        h = hashlib.sha1(f"{self.bert.name_or_path}|{self.n_frozen}|{self.max_tokens}|".encode())
+        for t in texts:
+            h.update(t.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    def _run(self, layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # (B, 1, 1, T) additive mask, what BERT's eager attention adds to its scores (checked against the full
+        # model in tests/training/eaar/test_model.py).
+        extended = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for layer in layers:
+            hidden = layer(hidden, attention_mask=extended)
+        return hidden
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (n, T, H) and mask (n, T) of catalogue rows."""
+        if self.cache.numel() == 0:
+            raise RuntimeError("build_cache() must run before the encoder is used")
+        mask = self.cache_mask[rows]
+        return self._run(self.bert.encoder.layer[self.n_frozen :], self.cache[rows], mask), mask
+
+    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """All layers, from raw text (no cache): what an exported encoder computes."""
+        enc = self.tokenize(texts)
+        return self.bert(**enc).last_hidden_state, enc["attention_mask"]
+
+
+class Ranker(nn.Module):
+    def __init__(self, config: RankerConfig, encoder: TextEncoder, teacher: torch.Tensor | None):
+        super().__init__()
+        self.config, self.encoder = config, encoder
+        if config.uses_teacher and teacher is None:
+            raise ValueError(f"strategy {config.strategy!r} needs teacher vectors")
+        self.register_buffer("teacher", teacher if teacher is not None else torch.empty(0), persistent=False)
+        h, u, a = encoder.hidden, config.teacher_dim, config.att_dim
+        if config.strategy == "eaaf":
+            self.w_tok = nn.Parameter(torch.randn(h + u) / (h + u) ** 0.5)
+            self.item_dim = h + u
+        else:
+            if config.pooling == "additive":
+                self.tok_proj = nn.Parameter(torch.randn(a, h) / h**0.5)
+                self.tok_bias = nn.Parameter(torch.zeros(a))
+                self.tok_query = nn.Parameter(torch.randn(a) / a**0.5)
+            else:
+                self.w_tok = nn.Parameter(torch.randn(h) / h**0.5)
+            self.item_dim = h
+            if config.strategy in ("eaar", "eaap"):
+                self.to_teacher = nn.Linear(h, u, bias=False)  # W_c: first token -> teacher space
+                self.item_dim = h + u
+        d = self.item_dim
+        self.user_proj = nn.Parameter(torch.randn(a, d) / d**0.5)
+        self.user_bias = nn.Parameter(torch.zeros(a))
+        self.user_query = nn.Parameter(torch.randn(a) / a**0.5)
+
+    def item_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Item vectors (n, D) and, for eaar/eaap, c = W_c e_0 (n, U)."""
+        tokens, mask = self.encoder(rows)  # (n, T, H), (n, T)
+        return self.pool_items(tokens, mask, rows)
+
+    def pool_items(self, tokens, mask, rows=None):
+        s = self.config
+        if s.strategy == "eaaf":
+            return dot_attention_pool(tokens, mask, self.w_tok, self.teacher[rows]), None
+        if s.pooling == "additive":
+            pooled = additive_attention_pool(tokens, mask, self.tok_proj, self.tok_bias, self.tok_query)
+        else:
+            pooled = dot_attention_pool(tokens, mask, self.w_tok)
+        if s.strategy == "base":
+            return pooled, None
+        c = self.to_teacher(tokens[:, 0])  # (n, U)
+        return torch.cat([c, pooled], dim=-1), c
+
+    def user_vectors(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        return additive_attention_pool(hist, hist_mask, self.user_proj, self.user_bias, self.user_query)
+
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor):
+        """Scores (B, 1+K) plus, for the teacher losses, (c, u) over the batch's unique items."""
+        valid = history >= 0
+        rows, inverse = torch.unique(torch.cat([history[valid], candidates.flatten()]), return_inverse=True)
+        vectors, c = self.item_vectors(rows)  # (n, D)
+        n_hist = int(valid.sum())
+        hist = torch.zeros(*history.shape, self.item_dim, dtype=vectors.dtype)
+        hist[valid] = vectors[inverse[:n_hist]]
+        cand = vectors[inverse[n_hist:]].view(*candidates.shape, self.item_dim)  # (B, 1+K, D)
+        user = self.user_vectors(hist, valid)  # (B, D)
+        scores = torch.einsum("bd,bkd->bk", user, cand)
+        return scores, (c, self.teacher[rows] if c is not None else None)
+
+
+def regularizer(c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """EaaR: mean ||c/||c|| - u|| (u already L2-normalised)."""
+    return (F.normalize(c, dim=-1) - u).norm(dim=-1).mean()
+
+
+def copy_loss(c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """EaaP's pre-training target: MSE between c/||c|| and u."""
+    return F.mse_loss(F.normalize(c, dim=-1), u)
+
+
+def ranking_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over (target, K negatives); the target is column 0."""
+    return F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+
+
+def total_loss(config: RankerConfig, scores, c, u, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The strategy's loss at this step, and its parts for the log."""
+    if config.strategy == "eaap" and step < config.pretrain_steps:
+        copy = copy_loss(c, u)
+        return copy, {"copy": copy.item()}
+    ce = ranking_loss(scores)
+    if config.strategy == "eaar":
+        reg = regularizer(c, u)
+        return ce + config.reg_weight * reg, {"ce": ce.item(), "reg": reg.item()}
+    return ce, {"ce": ce.item()}
