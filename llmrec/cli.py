@@ -210,6 +210,7 @@ def train_eaar(
     pooling: Annotated[
         str | None, typer.Option(help="Token pooling: 'additive' (released code) or 'dot' (paper).")
     ] = None,
+    encoder: Annotated[str | None, typer.Option(help="'minilm' or a BERT-class transformers folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and batch order.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
     run_dir: Annotated[
@@ -234,6 +235,7 @@ def train_eaar(
             steps=steps,
             pooling=pooling,
             teacher_dim=teacher_dim,
+            encoder=encoder,
             run_dir=run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed),
         )
     except (FileNotFoundError, ValueError) as e:

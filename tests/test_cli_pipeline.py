@@ -66,3 +66,45 @@ def test_vector_file_errors(tmp_path):
     pd.DataFrame({"item_id": ["a"], "vec": [[1.0]]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="needs columns item_id and vector"):
         load_vectors(tmp_path / "bad.parquet")
+
+
+def test_train_eaar_on_user_files_with_a_teacher_file(tmp_path, tiny_bert_dir):
+    from llmrec.training.embed_io import save_vectors
+
+    items = make_items(30)
+    items.to_parquet(tmp_path / "items.parquet")
+    rng = np.random.default_rng(0)
+    log = [
+        {"user_id": f"u{u}", "item_id": str(rng.integers(0, 30)), "timestamp": int(t)}
+        for u in range(20)
+        for t in rng.integers(0, 10_000, size=8)
+    ]
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    teacher = save_vectors(
+        tmp_path / "teacher.npy", items["item_id"].tolist(), rng.normal(size=(30, 6)).astype("float32")
+    )
+    data = ["--items", str(tmp_path / "items.parquet"), "--interactions", str(tmp_path / "log.jsonl")]
+    args = [
+        "train",
+        "eaar",
+        "--strategy",
+        "eaar",
+        "--preset",
+        "tiny",
+        "--encoder",
+        str(tiny_bert_dir),
+        "--teacher",
+        str(teacher),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *data,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert 0.0 <= report["AUC"] <= 1.0 and report["steps"] == 4
+
+    result = runner.invoke(
+        app, [*args[: -len(data) - 2], "--teacher-dim", "7", "--run-dir", str(tmp_path / "r2"), *data]
+    )
+    assert result.exit_code == 2 and "has 6-d vectors but the ranker expects 7" in result.output

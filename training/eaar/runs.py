@@ -31,6 +31,7 @@ def run_one(
     steps: int | None = None,
     pooling: str | None = None,
     teacher_dim: int | None = None,
+    encoder: str | None = None,
 ) -> dict:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -42,6 +43,8 @@ def run_one(
         mc.pooling = pooling
     if steps is not None:
         tc.steps = steps
+    if encoder is not None:
+        mc.encoder = encoder
     if mc.uses_teacher:
         mc.teacher_dim = teacher_dim or load_teacher(teacher, data.items).shape[1]
     return run(data, split, mc, tc, run_dir)
