@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 	$(PIP) --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
-demo: setup data train-notellm eval-notellm embed train-eaar  ## the main job, end to end, on the CPU
+demo: setup data train-notellm embed eval-notellm train-eaar  ## the main job, end to end, on the CPU
 
 data: setup  ## load and split MovieLens-100k, print the statistics
 	$(LLMREC) data stats

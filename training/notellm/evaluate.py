@@ -10,6 +10,7 @@ import torch
 import typer
 
 from llmrec.runs import provenance, table, write_json
+from llmrec.training.embed_io import load_vectors
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
 from llmrec.training.i2i_eval import category_accuracy, popularity_recall, recall_at_k
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
@@ -78,7 +79,7 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
     model = NoteLLM.load(run_dir / "model")
     add(
         f"NoteLLM ({layers}L, trained)",
-        encode_notellm(model, data.items),
+        _saved_or_encoded(model, run_dir, data.items),
         category_accuracy(generate_categories(model, held_out), truth),
     )
 
@@ -102,3 +103,15 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
     typer.echo(table(rows))
     typer.echo(f"report: {run_dir / 'eval' / 'report.json'}")
     return report
+
+
+def _saved_or_encoded(model: NoteLLM, run_dir: Path, items) -> torch.Tensor:
+    """The vectors `llmrec embed` wrote for this model and catalogue, else encode them now."""
+    path = run_dir / "item_vectors.npy"
+    head = run_dir / "model" / "head.pt"
+    if path.is_file() and path.stat().st_mtime > head.stat().st_mtime:
+        ids, vectors = load_vectors(path)
+        if ids == items["item_id"].tolist():
+            typer.echo(f"  using the item vectors in {path}")
+            return torch.from_numpy(vectors)
+    return encode_notellm(model, items)
