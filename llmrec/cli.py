@@ -176,6 +176,9 @@ def eval_notellm(
     full_backbone: Annotated[
         bool, typer.Option(help="Also score the untruncated backbone zero-shot (slow on CPU).")
     ] = False,
+    minilm_finetuned: Annotated[
+        bool, typer.Option(help="Also fine-tune all-MiniLM-L6-v2 with GCL on the same pairs (a few minutes).")
+    ] = False,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
     test_fraction: TestFracOpt = 0.1,
@@ -186,7 +189,7 @@ def eval_notellm(
     run_dir = run_dir or _notellm_dir()
     data, _, split = _load(items, interactions, test_fraction)
     try:
-        evaluate_notellm(run_dir, data, split, full_backbone=full_backbone)
+        evaluate_notellm(run_dir, data, split, full_backbone=full_backbone, minilm_finetuned=minilm_finetuned)
     except FileNotFoundError as e:
         raise _fail(e) from None
 

@@ -18,7 +18,9 @@ from llmrec.training.schema import RecData
 from llmrec.training.split import Split
 
 
-def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: bool = False) -> dict:
+def evaluate_notellm(
+    run_dir: Path, data: RecData, split: Split, full_backbone: bool = False, minilm_finetuned: bool = False
+) -> dict:
     started = time.time()
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -55,6 +57,12 @@ def evaluate_notellm(run_dir: Path, data: RecData, split: Split, full_backbone: 
     )
     # 1. The SentenceBERT analogue.
     add("all-MiniLM-L6-v2 zero-shot", encode_sentence_model(data.items))
+    if minilm_finetuned:  # 1b. ... fine-tuned with GCL on the same training pairs
+        from llmrec.training.sentence_finetune import finetune_sentence_model
+
+        add(
+            "all-MiniLM-L6-v2 + GCL on the same pairs", finetune_sentence_model(data.items, split.train_pairs)
+        )
     # 2. The backbone as NoteLLM trains it (same layers kept), untrained, raw hidden state.
     zero = NoteLLM(trained_config)
     layers = len(zero.lm.model.layers)

@@ -145,7 +145,7 @@ class NoteLLMTrainer:
         return True
 
     # --- training -----------------------------------------------------------------------------
-    def plan(self, pairs: pd.DataFrame, items: pd.DataFrame) -> list[list[tuple[str, str]]]:
+    def plan(self, pairs: pd.DataFrame) -> list[list[tuple[str, str]]]:
         """The full, seeded batch order: the same on a resumed run as on an uninterrupted one."""
         rng = random.Random(self.tc.seed)
         pair_list = list(zip(pairs["src"], pairs["dst"], strict=True))
@@ -170,10 +170,10 @@ class NoteLLMTrainer:
     def train(self, pairs: pd.DataFrame, items: pd.DataFrame, stop_at: int | None = None) -> list[StepLog]:
         """Train to the planned number of steps (or stop early at `stop_at`, as an interruption would)."""
         by_id = {r["item_id"]: r for r in items.to_dict("records")}
-        order = self.plan(pairs, items)
+        order = self.plan(pairs)
         prompt_rng = random.Random(self.tc.seed + 1)
-        for _ in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
-            self._prompts(order[_], by_id, prompt_rng)
+        for done in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
+            self._prompts(order[done], by_id, prompt_rng)
         if self.step == 0 and self.mc.projection_init == "pca":
             self._init_projection(pairs, items)
         self.model.train()
