@@ -187,7 +187,7 @@ class Ranker(nn.Module):
         rows, inverse = torch.unique(torch.cat([history[valid], candidates.flatten()]), return_inverse=True)
         vectors, c = self.item_vectors(rows)  # (n, D)
         n_hist = int(valid.sum())
-        hist = torch.zeros(*history.shape, self.item_dim, dtype=vectors.dtype)
+        hist = torch.zeros(*history.shape, self.item_dim, dtype=vectors.dtype, device=vectors.device)
         hist[valid] = vectors[inverse[:n_hist]]
         cand = vectors[inverse[n_hist:]].view(*candidates.shape, self.item_dim)  # (B, 1+K, D)
         user = self.user_vectors(hist, valid)  # (B, D)

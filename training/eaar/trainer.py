@@ -75,12 +75,14 @@ def train_ranker(ranker: Ranker, samples: Impressions, tc: RankerTrainConfig) ->
     rng = np.random.default_rng(tc.seed)
     order = np.concatenate([rng.permutation(len(samples)) for _ in range(total // per_epoch + 1)])
     history: list[dict] = []
+    device = ranker.encoder.cache.device
     ranker.train()
     bar = tqdm(range(total), desc=f"{mc.strategy}", unit="step", dynamic_ncols=True)
     for step in bar:
         idx = order[step * tc.batch_size : (step + 1) * tc.batch_size]
         scores, (c, u) = ranker(
-            torch.from_numpy(samples.history[idx]), torch.from_numpy(samples.candidates[idx])
+            torch.from_numpy(samples.history[idx]).to(device),
+            torch.from_numpy(samples.candidates[idx]).to(device),
         )
         loss, parts = total_loss(mc, scores, c, u, step)
         optimizer.zero_grad(set_to_none=True)
@@ -98,21 +100,22 @@ def evaluate_ranker(
     ranker: Ranker, impressions: Impressions, n_items: int, batch_size: int = 512
 ) -> dict[str, float]:
     ranker.eval()
+    device = ranker.encoder.cache.device
     vectors = torch.cat(
         [
-            ranker.item_vectors(torch.arange(s, min(s + batch_size, n_items)))[0]
+            ranker.item_vectors(torch.arange(s, min(s + batch_size, n_items), device=device))[0]
             for s in range(0, n_items, batch_size)
         ]
     )  # (N, D): every item once
-    hist_rows = torch.from_numpy(impressions.history)
+    hist_rows = torch.from_numpy(impressions.history).to(device)
     valid = hist_rows >= 0
     scores = []
     for s in range(0, len(impressions), batch_size):
         rows, mask = hist_rows[s : s + batch_size], valid[s : s + batch_size]
         user = ranker.user_vectors(vectors[rows.clamp(min=0)] * mask.unsqueeze(-1), mask)
-        cand = vectors[torch.from_numpy(impressions.candidates[s : s + batch_size])]
+        cand = vectors[torch.from_numpy(impressions.candidates[s : s + batch_size]).to(device)]
         scores.append(torch.einsum("bd,bkd->bk", user, cand))
-    scores_np = torch.cat(scores).numpy()
+    scores_np = torch.cat(scores).float().cpu().numpy()
     labels = np.zeros_like(scores_np)
     labels[:, 0] = 1
     return impression_metrics(labels, scores_np)
@@ -123,7 +126,7 @@ def run(data: RecData, split: Split, mc: RankerConfig, tc: RankerTrainConfig, ru
     seed_everything(tc.seed)
     samples = train_samples(data, split, mc, tc)
     tests = test_impressions(data, split, mc)
-    ranker = build_ranker(data, mc)
+    ranker = build_ranker(data, mc).to("cuda" if torch.cuda.is_available() else "cpu")  # kernels run on CUDA
     history = train_ranker(ranker, samples, tc)
     metrics = evaluate_ranker(ranker, tests, len(data.items))
     run_dir.mkdir(parents=True, exist_ok=True)
