@@ -46,6 +46,9 @@ def _load(items: Path | None, interactions: Path | None, test_fraction: float):
     from llmrec.training.schema import SchemaError
     from llmrec.training.split import SplitConfig, time_split
 
+    from llmrec.runs import git_commit
+
+    git_commit()  # pin the commit now: reports written later name the code that was loaded, not a later HEAD
     if (items is None) != (interactions is None):
         raise typer.BadParameter("give both --items and --interactions, or neither (MovieLens-100k)")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import resource
@@ -34,7 +35,9 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit of the code this process runs: read once, at the first call (commands call it at start)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
