@@ -23,8 +23,6 @@ import triton.language as tl
 from llmrec.kernels.dispatch import use_triton
 from llmrec.kernels.reference import additive_attention_pool_reference, dot_attention_pool_reference
 
-_NEG = -1e30
-
 
 @triton.jit
 def _tanh(x):
@@ -88,7 +86,7 @@ def _attn_pool_fwd_kernel(
     row = tl.program_id(0)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < n_dim
-    m = tl.full((), _NEG, tl.float32)
+    m = tl.full((), -1e30, tl.float32)  # finite: exp(m - m_new) never sees -inf - -inf
     l_sum = tl.zeros((), tl.float32)
     acc = tl.zeros((BLOCK_D,), tl.float32)
     for start in range(0, seq_len, BLOCK_L):

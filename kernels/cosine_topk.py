@@ -62,6 +62,7 @@ def _cosine_topk_kernel(
     BLOCK_D: tl.constexpr,
     HAS_DELETED: tl.constexpr,
     UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -95,7 +96,7 @@ def _cosine_topk_kernel(
             if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact for every input dtype
                 q = q.to(tl.float32)
                 x = x.to(tl.float32)
-            acc += tl.dot(q, tl.trans(x))
+            acc += tl.dot(q, tl.trans(x), input_precision=DOT_PRECISION)
         keys = _score_keys(acc, idx, excl, DELETED_ptr, stop, HAS_DELETED)
         # Merge only when some score in the tile beats some query's current k-th best: after the first
         # few tiles almost none do, and the scan runs at the speed of the loads.
@@ -155,6 +156,7 @@ def _launch(queries, items, k, exclude, deleted):
         K_PAD=k_pad,
         BLOCK_Q=block_q,
         BLOCK_D=block_d,
+        DOT_PRECISION="ieee",  # fp32 inputs: exact products, not TF32 (fp16/bf16 ignore it)
         HAS_DELETED=deleted is not None,
         UPCAST=interpret or queries.dtype == torch.float32,
         num_warps=8 if k_pad >= 256 else 4,

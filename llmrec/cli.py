@@ -42,11 +42,10 @@ def _notellm_dir() -> Path:
 
 def _load(items: Path | None, interactions: Path | None, test_fraction: float):
     """Load and split the data; a schema problem exits with its message, not a traceback."""
+    from llmrec.runs import git_commit
     from llmrec.training.datasets import load_movielens_100k, load_user_files
     from llmrec.training.schema import SchemaError
     from llmrec.training.split import SplitConfig, time_split
-
-    from llmrec.runs import git_commit
 
     git_commit()  # pin the commit now: reports written later name the code that was loaded, not a later HEAD
     if (items is None) != (interactions is None):
