@@ -14,6 +14,7 @@ from llmrec.training.embed_io import load_vectors
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
 from llmrec.training.i2i_eval import category_accuracy, popularity_recall, recall_at_k
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
+from llmrec.training.notellm.trainer import seed_everything
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
 
@@ -22,6 +23,7 @@ def evaluate_notellm(
     run_dir: Path, data: RecData, split: Split, full_backbone: bool = False, minilm_finetuned: bool = False
 ) -> dict:
     started = time.time()
+    seed_everything(0)  # the zero-shot rows' [EMB] embedding is drawn at random when the vocabulary grows
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
