@@ -38,7 +38,9 @@ class RankerConfig:
     pooling: Literal["additive", "dot"] = "additive"  # token pooling of base / eaar / eaap
     att_dim: int = 128  # A: width of the additive attention
     teacher: str = "notellm"  # "notellm", "mpnet", or a vector file (.npy + ids, .parquet)
-    teacher_dim: int = 128  # U: the teacher's dimension, checked against the file
+    teacher_dim: int | None = (
+        None  # U: the teacher's dimension; None: read from the file, else checked against it
+    )
     reg_weight: float = 0.1  # w_r of EaaR
     pretrain_steps: int = 50  # EaaP: steps of the copy-only phase
 

@@ -12,7 +12,6 @@ import numpy as np
 from llmrec.runs import provenance, table, write_json
 from llmrec.training.eaar.model import STRATEGIES
 from llmrec.training.eaar.presets import preset as get_preset
-from llmrec.training.eaar.teachers import load_teacher
 from llmrec.training.eaar.trainer import run
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
@@ -45,8 +44,8 @@ def run_one(
         tc.steps = steps
     if encoder is not None:
         mc.encoder = encoder
-    if mc.uses_teacher:
-        mc.teacher_dim = teacher_dim or load_teacher(teacher, data.items).shape[1]
+    if teacher_dim is not None:
+        mc.teacher_dim = teacher_dim
     return run(data, split, mc, tc, run_dir)
 
 

@@ -52,6 +52,8 @@ def test_impressions(data: RecData, split: Split, mc: RankerConfig) -> Impressio
 
 def build_ranker(data: RecData, mc: RankerConfig) -> Ranker:
     teacher = load_teacher(mc.teacher, data.items, mc.teacher_dim) if mc.uses_teacher else None
+    if teacher is not None:
+        mc.teacher_dim = teacher.shape[1]  # the file is the truth when no dimension was configured
     encoder = TextEncoder(mc.encoder, mc.train_layers, mc.max_tokens)
     texts = [item_text(r) for r in data.items.to_dict("records")]
     # Frozen layers compute the same states in every run: computed once, kept under artifacts/cache.
