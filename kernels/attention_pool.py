@@ -45,6 +45,8 @@ def _scores(
     BLOCK_A: tl.constexpr,
 ):
     """Scores (BLOCK_L,) of a tile e (BLOCK_L, BLOCK_D), and for the additive form also tanh(V e + b)."""
+    # One return for both forms: compiled Triton rejects returns of different shapes, even under a
+    # constexpr branch.
     if ADDITIVE:
         offs_a = tl.arange(0, BLOCK_A)
         a_ok = offs_a < n_att
@@ -53,11 +55,14 @@ def _scores(
         )
         bias = tl.load(B_ptr + offs_a, mask=a_ok, other=0.0)
         query = tl.load(Q_ptr + offs_a, mask=a_ok, other=0.0)
-        g = _tanh(tl.dot(e, tl.trans(v)) + bias[None, :])  # (BLOCK_L, BLOCK_A)
-        return tl.sum(g * query[None, :], axis=1), g
-    w = tl.load(W_ptr + offs_d, mask=d_ok, other=0.0)
-    s = tl.sum(e * w[None, :], axis=1) * scale
-    return s, s[:, None]  # the second value is unused in this form
+        # ieee: tiles are fp32 here, and TF32 would cost ~5e-4 against the reference (memory-bound anyway)
+        g = _tanh(tl.dot(e, tl.trans(v), input_precision="ieee") + bias[None, :])  # (BLOCK_L, BLOCK_A)
+        s = tl.sum(g * query[None, :], axis=1)
+    else:
+        w = tl.load(W_ptr + offs_d, mask=d_ok, other=0.0)
+        s = tl.sum(e * w[None, :], axis=1) * scale
+        g = s[:, None]  # unused in this form
+    return s, g
 
 
 @triton.jit
@@ -173,7 +178,7 @@ def _attn_pool_bwd_kernel(
                 other=0.0,
             )
             dz = ds[:, None] * query[None, :] * (1.0 - g * g)  # (BLOCK_L, BLOCK_A)
-            de += tl.dot(dz, v)
+            de += tl.dot(dz, v, input_precision="ieee")
             dq += tl.sum(ds[:, None] * g, axis=0)  # d loss / d query, this row's share
             tl.store(
                 DZ_ptr + row * dz_stride_b + offs_l[:, None] * dz_stride_l + offs_a[None, :],

@@ -26,6 +26,13 @@ from llmrec.kernels.dispatch import use_triton
 from llmrec.kernels.reference import cosine_topk_reference
 
 _LOW32 = 0xFFFFFFFF
+# Past this k the (BLOCK_Q, 2 K_PAD) int64 merge no longer fits in an H100's shared memory; larger k
+# goes to the reference (matmul + torch.topk), which is also faster there.
+MAX_KERNEL_K = 512
+# Measured on an H100 (docs/BENCHMARKS.md, 2026-11-24): cuBLAS matmul + torch.topk beats this kernel at
+# every benchmarked shape (it only saves the q x n score matrix), so "auto" keeps the reference on CUDA;
+# LLMREC_KERNELS=triton or force="triton" selects the kernel.
+CUDA_DEFAULT = False
 
 
 @triton.jit
@@ -119,7 +126,8 @@ def _launch(queries, items, k, exclude, deleted):
     k_pad = max(16, triton.next_power_of_2(k))
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     block_q = 16
-    block_d = min(128, max(16, triton.next_power_of_2(dim)))
+    # The (K_PAD, BLOCK_D) item tile and the (BLOCK_Q, 2 K_PAD) int64 merge must fit in shared memory.
+    block_d = min(128, max(16, triton.next_power_of_2(dim)), max(16, 32768 // k_pad))
     # Enough programs to fill the GPU even when q is small: split the items, >= 1 tile per split.
     q_blocks = triton.cdiv(n_q, block_q)
     target = (
@@ -179,6 +187,8 @@ def cosine_topk_triton(queries, items, k, exclude=None, deleted=None):
     """The Triton path (CUDA, or any device under TRITON_INTERPRET=1); see the module contract."""
     if queries.dtype != items.dtype:
         raise ValueError(f"queries are {queries.dtype} but items are {items.dtype}")
+    if k > MAX_KERNEL_K:
+        raise ValueError(f"the kernel handles k <= {MAX_KERNEL_K}, got {k}")
     return _launch(queries.contiguous(), items.contiguous(), k, exclude, deleted)
 
 
@@ -192,7 +202,7 @@ def cosine_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k cosine per query: the Triton kernel on CUDA tensors, the PyTorch reference elsewhere.
 
-    `force` = "triton" or "reference" overrides the choice (tests).
+    `force` = "triton" or "reference" overrides the choice (tests); k > MAX_KERNEL_K uses the reference.
     """
     if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1]:
         raise ValueError(
@@ -208,6 +218,6 @@ def cosine_topk(
         raise ValueError(
             f"deleted must be a mask over the items, shape ({items.shape[0]},), got {tuple(deleted.shape)}"
         )
-    if use_triton(items, force):
+    if use_triton(items, force, CUDA_DEFAULT) and (k <= MAX_KERNEL_K or force == "triton"):
         return cosine_topk_triton(queries, items, k, exclude, deleted)
     return cosine_topk_reference(queries, items, k, exclude, deleted)

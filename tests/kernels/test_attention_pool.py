@@ -9,6 +9,8 @@ from llmrec.kernels.reference import additive_attention_pool_reference, dot_atte
 # (B, L, D): one row, non-power-of-two L and D, several sequence tiles (BLOCK_L = 16 at these D).
 SHAPES = [(1, 5, 8), (3, 19, 24), (2, 40, 20)]
 DTYPES = [(torch.float32, 1e-5, 1e-4), (torch.float16, 2e-3, 2e-2), (torch.bfloat16, 2e-2, 5e-2)]
+# The kernel runs where the tensors live: CUDA when there is one, else the interpreter on CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def inputs(b, length, d, dtype, seed=0, masked_row=True):
@@ -22,23 +24,26 @@ def inputs(b, length, d, dtype, seed=0, masked_row=True):
 
 
 def compare(run, ref, tensors, atol, rtol):
-    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    """Kernel on DEVICE vs reference on CPU: forward and every input gradient; returns the output on CPU."""
+    leaves = [t.detach().clone().to(DEVICE).requires_grad_(t.is_floating_point()) for t in tensors]
     leaves_ref = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
     out, out_ref = run(*leaves), ref(*leaves_ref)
-    err = (out.float() - out_ref.float()).abs().max().item()
-    assert torch.allclose(out.float(), out_ref.float(), atol=atol, rtol=rtol), f"forward max error {err}"
+    got = out.detach().float().cpu()
+    err = (got - out_ref.detach().float()).abs().max().item()
+    assert torch.allclose(got, out_ref.detach().float(), atol=atol, rtol=rtol), f"forward max error {err}"
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-    out.backward(grad)
+    out.backward(grad.to(DEVICE))
     out_ref.backward(grad)
     for i, (a, b) in enumerate(zip(leaves, leaves_ref, strict=True)):
         if a.grad is None and b.grad is None:
             continue
-        assert torch.isfinite(a.grad).all(), f"input {i}: non-finite gradient"
-        e = (a.grad.float() - b.grad.float()).abs().max().item()
-        assert torch.allclose(a.grad.float(), b.grad.float(), atol=atol * 10, rtol=rtol * 10), (
+        a_grad = a.grad.float().cpu()
+        assert torch.isfinite(a_grad).all(), f"input {i}: non-finite gradient"
+        e = (a_grad - b.grad.float()).abs().max().item()
+        assert torch.allclose(a_grad, b.grad.float(), atol=atol * 10, rtol=rtol * 10), (
             f"input {i} grad max error {e}"
         )
-    return out
+    return out.detach().cpu()
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -4,8 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmrec.kernels.cosine_topk import cosine_topk
+from llmrec.kernels.cosine_topk import MAX_KERNEL_K, cosine_topk
 from llmrec.kernels.reference import cosine_topk_reference
+
+# The kernel runs where the tensors live: CUDA when there is one, else the interpreter on CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def normed(n, d, dtype, seed):
@@ -14,7 +17,8 @@ def normed(n, d, dtype, seed):
 
 
 def check(q, x, k, exclude=None, deleted=None, atol=1e-5):
-    got_s, got_i = cosine_topk(q, x, k, exclude, deleted, force="triton")
+    on = [t.to(DEVICE) if t is not None else None for t in (q, x, exclude, deleted)]
+    got_s, got_i = (t.cpu() for t in cosine_topk(*on[:2], k, *on[2:], force="triton"))
     ref_s, ref_i = cosine_topk_reference(q, x, k, exclude, deleted)
     assert got_s.shape == ref_s.shape == got_i.shape
     err = (got_s - ref_s).abs().nan_to_num(0).max().item()
@@ -50,12 +54,13 @@ def test_duplicate_scores_break_ties_by_index():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "q,n,d,k", [(1, 1_000_000, 128, 100), (16, 100_000, 384, 10), (256, 200_000, 64, 1024)]
+    "q,n,d,k",
+    [(1, 1_000_000, 128, 100), (16, 100_000, 384, 10), (256, 200_000, 64, 512), (4, 50_000, 64, 1024)],
 )
 def test_cuda_realistic(q, n, d, k):
     x = normed(n, d, torch.float16, seed=0).cuda()
     queries = normed(q, d, torch.float16, seed=1).cuda()
-    got_s, got_i = cosine_topk(queries, x, k)
+    got_s, got_i = cosine_topk(queries, x, k, force="triton" if k <= MAX_KERNEL_K else None)
     ref_s, ref_i = cosine_topk_reference(queries, x, k)
     assert torch.allclose(got_s, ref_s, atol=1e-3)
     assert (got_i == ref_i).float().mean() > 0.999  # fp16 products can reorder near-equal scores
