@@ -13,6 +13,7 @@ The user vector is additive attention over the history's item vectors; score = u
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,13 +137,22 @@ class TextEncoder(nn.Module):
 
 
 class Ranker(nn.Module):
-    def __init__(self, config: RankerConfig, encoder: TextEncoder, teacher: torch.Tensor | None):
+    """Text encoder + head. `encoder=None` builds the head alone (serving: token states come from ONNX)."""
+
+    def __init__(
+        self,
+        config: RankerConfig,
+        encoder: TextEncoder | None,
+        teacher: torch.Tensor | None,
+        hidden: int | None = None,
+    ):
         super().__init__()
         self.config, self.encoder = config, encoder
-        if config.uses_teacher and teacher is None:
+        # EaaF reads u at every forward; EaaR/EaaP only in their training losses (the trainer always passes it).
+        if teacher is None and config.strategy == "eaaf":
             raise ValueError(f"strategy {config.strategy!r} needs teacher vectors")
         self.register_buffer("teacher", teacher if teacher is not None else torch.empty(0), persistent=False)
-        h, u, a = encoder.hidden, config.teacher_dim, config.att_dim
+        h, u, a = encoder.hidden if encoder is not None else hidden, config.teacher_dim, config.att_dim
         if config.strategy == "eaaf":
             self.w_tok = nn.Parameter(torch.randn(h + u) / (h + u) ** 0.5)
             self.item_dim = h + u
@@ -161,6 +171,32 @@ class Ranker(nn.Module):
         self.user_proj = nn.Parameter(torch.randn(a, d) / d**0.5)
         self.user_bias = nn.Parameter(torch.zeros(a))
         self.user_query = nn.Parameter(torch.randn(a) / a**0.5)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The head's parameters (everything but the encoder), what serving needs next to the ONNX encoder."""
+        return {n: p.detach() for n, p in self.named_parameters() if not n.startswith("encoder.")}
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Ranker:
+        """A trained ranker from its run folder (config.json + ranker.pt), with its full text encoder."""
+        config_path, weights = Path(run_dir) / "config.json", Path(run_dir) / "ranker.pt"
+        if not (config_path.is_file() and weights.is_file()):
+            raise FileNotFoundError(
+                f"{run_dir} holds no trained ranker (config.json + ranker.pt); train one first"
+            )
+        config = RankerConfig(**json.loads(config_path.read_text())["model"])
+        if config.strategy == "eaaf":
+            raise ValueError(
+                "EaaF needs the LLM's vector of every item at serving time; only base/eaar/eaap load"
+            )
+        encoder = TextEncoder(config.encoder, config.train_layers, config.max_tokens)
+        ranker = cls(config, encoder, None)
+        state = torch.load(weights, map_location="cpu")
+        missing = [n for n, p in ranker.named_parameters() if p.requires_grad and n not in state]
+        unknown = ranker.load_state_dict(state, strict=False).unexpected_keys
+        if missing or unknown:
+            raise ValueError(f"{weights} does not match the config: missing {missing}, unknown {unknown}")
+        return ranker.eval()
 
     def item_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Item vectors (n, D) and, for eaar/eaap, c = W_c e_0 (n, U)."""

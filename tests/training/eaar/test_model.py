@@ -91,6 +91,6 @@ def test_eaap_switches_from_copy_to_ce(tiny_bert_dir):
 def test_strategy_needs_teacher(tiny_bert_dir):
     encoder = TextEncoder(str(tiny_bert_dir), 1, 12)
     with pytest.raises(ValueError, match="needs teacher vectors"):
-        Ranker(RankerConfig(strategy="eaar", encoder=str(tiny_bert_dir)), encoder, None)
+        Ranker(RankerConfig(strategy="eaaf", encoder=str(tiny_bert_dir), teacher_dim=4), encoder, None)
     with pytest.raises(ValueError, match="strategy must be one of"):
         RankerConfig(strategy="eaax")

@@ -1,0 +1,1 @@
+"""Trained models -> ONNX graphs with parity reports -> a Triton model repository."""

@@ -1,0 +1,178 @@
+"""Build a Triton model repository from trained runs: graphs, tokenizers, head, index, code, configs.
+
+    <repo>/<model>/config.pbtxt          from model_repo/<model>/ (checked in)
+    <repo>/<model>/<version>/model.py    from model_repo/<model>/ (checked in)
+    <repo>/<model>/<version>/...         the exported files (names: llmrec.server.runtime)
+    <repo>/<model>/warmup/...            warm-up requests named in config.pbtxt
+
+Every graph is checked against PyTorch before it is written (parity.py); the report goes to
+<artifacts>/export/parity.json. A new `similar` version holds a new index; loading it replaces the
+served one (version_policy latest 1), and a bad index fails that load while the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmrec.export import parity
+from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
+from llmrec.server import runtime, tokenizer
+
+SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
+WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]
+
+
+def _serialized_strings(values: list[str]) -> bytes:
+    """Triton's raw BYTES layout (what warm-up input files hold): 4-byte little-endian length + bytes."""
+    out = b""
+    for value in values:
+        raw = value.encode()
+        out += struct.pack("<I", len(raw)) + raw
+    return out
+
+
+def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
+    source = SOURCES / model
+    if not (source / "config.pbtxt").is_file():
+        raise FileNotFoundError(f"{source} has no config.pbtxt: the checkout is incomplete")
+    folder = repo / model / str(version)
+    tmp = folder.with_name(f".{version}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(source / "config.pbtxt", repo / model / "config.pbtxt")
+    shutil.copy2(source / "model.py", tmp / "model.py")
+    for name, values in (warmup or {}).items():
+        (repo / model / "warmup").mkdir(exist_ok=True)
+        (repo / model / "warmup" / name).write_bytes(_serialized_strings(values))
+    return tmp
+
+
+def _publish(tmp: Path) -> Path:
+    """Move a finished version folder into place (a server polling the repository never sees half a version)."""
+    final = tmp.with_name(tmp.name[1:].removesuffix(".tmp"))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def export_embed(repo: Path, notellm_dir: Path, items: list[dict], version: int = 1) -> dict:
+    """NoteLLM item encoder -> <repo>/embed/<version>/; returns the parity summary."""
+    from llmrec.training.notellm.model import NoteLLM
+    from llmrec.training.notellm.prompts import collate
+
+    model = NoteLLM.load(notellm_dir / "model").eval()
+    model.lm.config._attn_implementation = "eager"  # the exporter traces eager attention
+    folder = _model_folder(repo, "embed", version, {"text": WARMUP_ITEMS[:1]})
+    example = collate([model.prompts.embedding_prompt(i) for i in items[:2]], model.tokenizer.pad_token_id)
+    to_onnx(
+        NoteEncoderGraph(model),
+        {"input_ids": example["input_ids"], "emb_index": example["emb_index"]},
+        "vector",
+        folder / runtime.NOTELLM_ONNX,
+        {"input_ids": {0: "batch", 1: "seq"}, "emb_index": {0: "batch"}},
+    )
+    tokenizer.save(model.tokenizer, folder / runtime.TOKENIZER)
+    meta = {"emb_dim": model.config.emb_dim, "prompt": asdict(model.config.prompt)}
+    (folder / runtime.NOTELLM_META).write_text(json.dumps(meta, indent=2))
+    embedder = runtime.NoteEmbedder(folder)
+    for item in items:  # the server's tokenizer must give the very ids training used
+        if embedder.prompts.embedding_prompt(item) != model.prompts.embedding_prompt(item):
+            raise ValueError(f"the serving tokenizer disagrees with training on item {item['item_id']!r}")
+    rows = []
+    for chunk in parity.batches(items):
+        batch = collate([model.prompts.embedding_prompt(i) for i in chunk], model.tokenizer.pad_token_id)
+        want = model.encode(batch).numpy()
+        got = embedder.embed(chunk)
+        rows.append(
+            {"batch": len(chunk), "seq": int(batch["input_ids"].shape[1])}
+            | parity.compare(got, want, parity.FP32_TOLERANCE)
+        )
+    report = parity.summary(rows)
+    if not report["ok"]:
+        raise ValueError(
+            f"embed graph differs from PyTorch by {report['max_abs']:.2e} > {parity.FP32_TOLERANCE}"
+        )
+    _publish(folder)
+    return report
+
+
+def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1) -> dict:
+    """EaaR text encoder + head -> <repo>/rank/<version>/; returns the parity summary."""
+    from llmrec.training.eaar.model import Ranker
+
+    ranker = Ranker.load(ranker_dir)
+    encoder = ranker.encoder
+    folder = _model_folder(repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]})
+    example = encoder.tokenize(texts[:2])
+    to_onnx(
+        TextEncoderGraph(encoder.bert),
+        {k: example[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+        "token_states",
+        folder / runtime.ENCODER_ONNX,
+        {k: {0: "batch", 1: "seq"} for k in ("input_ids", "attention_mask", "token_type_ids")},
+    )
+    tokenizer.save(encoder.tokenizer, folder / runtime.TOKENIZER)
+    (folder / runtime.RANKER_META).write_text(json.dumps(asdict(ranker.config), indent=2))
+    torch.save({"hidden": encoder.hidden, "params": ranker.head_state()}, folder / runtime.RANKER_HEAD)
+    scorer = runtime.RankScorer(folder)
+    want_ids = encoder.tokenize(texts)
+    got_ids = scorer.tokenizer.batch(texts, ranker.config.max_tokens)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if not np.array_equal(got_ids[key], want_ids[key].numpy()):
+            raise ValueError(f"the serving tokenizer disagrees with training on {key}")
+    rows = []
+    with torch.no_grad():
+        for chunk in parity.batches(texts, sizes=(1, 8, 32)):
+            want, _ = encoder.encode_texts(chunk)
+            got, _ = scorer.encode(chunk)
+            rows.append(
+                {"batch": len(chunk), "seq": int(want.shape[1])}
+                | parity.compare(got.cpu().numpy(), want.numpy(), parity.FP32_TOLERANCE)
+            )
+    report = parity.summary(rows)
+    if not report["ok"]:
+        raise ValueError(
+            f"rank encoder graph differs from PyTorch by {report['max_abs']:.2e} > {parity.FP32_TOLERANCE}"
+        )
+    _publish(folder)
+    return report
+
+
+def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int = 1) -> Path:
+    """The catalogue's vectors -> <repo>/similar/<version>/ (checked as the server will check them)."""
+    folder = _model_folder(repo, "similar", version)
+    np.save(folder / runtime.INDEX_VECTORS, np.asarray(vectors, dtype=np.float32))
+    (folder / runtime.INDEX_IDS).write_text(json.dumps(list(ids)))
+    runtime.ItemIndex.load(folder)
+    return _publish(folder)
+
+
+def export_all(
+    repo: Path,
+    notellm_dir: Path,
+    ranker_dir: Path,
+    items: list[dict],
+    texts: list[str],
+    index: tuple,
+    report_path: Path,
+    version: int = 1,
+) -> dict:
+    started = time.time()
+    report = {
+        "embed": export_embed(repo, notellm_dir, items, version),
+        "rank": export_rank(repo, ranker_dir, texts, version),
+    }
+    export_index(repo, *index, version=version)
+    report["similar"] = {"items": len(index[0]), "dim": int(np.asarray(index[1]).shape[1])}
+    report["wall_s"] = round(time.time() - started, 1)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report

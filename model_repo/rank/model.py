@@ -1,0 +1,54 @@
+"""Triton python model `rank`: HISTORY [b, h], CANDIDATES [b, c] texts -> SCORES [b, c].
+
+EaaR online (llmrec.server.runtime.RankScorer): the exported BERT encoder, then the trained head. All
+users of a dynamic batch share one encoder pass over their distinct texts; a bad request gets its own
+error and the others are scored.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
+from llmrec.server.runtime import RankScorer
+
+
+def _texts(request, name, limit):
+    values = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+    if values.shape[-1] == 0:
+        raise BadRequest(f"{name} is empty: give at least one text")
+    if values.shape[-1] > limit:
+        raise BadRequest(f"{name} has {values.shape[-1]} texts; the limit is {limit}")
+    return [[decode_text(t, f"{name}[{b}][{j}]") for j, t in enumerate(row)] for b, row in enumerate(values)]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.scorer = RankScorer(Path(args["model_repository"]) / args["model_version"])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        parsed = []  # (request position, users)
+        for i, request in enumerate(requests):
+            try:
+                history = _texts(request, "HISTORY", MAX_HISTORY)
+                candidates = _texts(request, "CANDIDATES", MAX_CANDIDATES)
+                parsed.append((i, list(zip(history, candidates, strict=True))))
+            except BadRequest as e:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                )
+        try:
+            scores = self.scorer.score([user for _, users in parsed for user in users])
+        except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
+            error = pb_utils.TritonError(f"rank failed: {type(e).__name__}: {e}")
+            for i, _ in parsed:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
+        start = 0
+        for i, users in parsed:
+            out = np.stack(scores[start : start + len(users)]).astype(np.float32)
+            start += len(users)
+            responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("SCORES", out)])
+        return responses

@@ -1,0 +1,115 @@
+"""The serving contract, defined once: public models, their tensors, limits and request checks.
+
+The python models in model_repo/, the client and the tests all read this module; a test checks that every
+config.pbtxt says the same (tests/server/test_contract.py).
+
+    embed    TEXT [b, 1] BYTES                                  -> VECTOR [b, d] FP32 (L2-normalised)
+    similar  ITEM_ID or TEXT [b, 1] BYTES, K [b, 1] INT32       -> ITEM_IDS [b, k] BYTES, SCORES [b, k] FP32
+    rank     HISTORY [b, h] BYTES, CANDIDATES [b, c] BYTES      -> SCORES [b, c] FP32
+
+A text is UTF-8: a plain string (the item's title and description) or a JSON object with the item fields
+{"title", "topic", "content"} (what training saw). `similar` takes exactly one of ITEM_ID (a catalogue item,
+excluded from its own results) and TEXT; one K per request (all rows of a request share it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+MAX_TEXT_BYTES = 16_384  # longer texts are refused: the encoders read 32-64 tokens of them anyway
+MAX_K = 1_000
+MAX_HISTORY = 200
+MAX_CANDIDATES = 1_000
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # Triton's name: BYTES, FP32, INT32
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int
+
+
+EMBED = Model(
+    "embed",
+    inputs=(Tensor("TEXT", "BYTES", (1,)),),
+    outputs=(Tensor("VECTOR", "FP32", (-1,)),),
+    max_batch_size=64,
+)
+SIMILAR = Model(
+    "similar",
+    inputs=(
+        Tensor("ITEM_ID", "BYTES", (1,), optional=True),
+        Tensor("TEXT", "BYTES", (1,), optional=True),
+        Tensor("K", "INT32", (1,)),
+    ),
+    outputs=(Tensor("ITEM_IDS", "BYTES", (-1,)), Tensor("SCORES", "FP32", (-1,))),
+    max_batch_size=64,
+)
+RANK = Model(
+    "rank",
+    inputs=(Tensor("HISTORY", "BYTES", (-1,)), Tensor("CANDIDATES", "BYTES", (-1,))),
+    outputs=(Tensor("SCORES", "FP32", (-1,)),),
+    max_batch_size=16,
+)
+MODELS = {m.name: m for m in (EMBED, SIMILAR, RANK)}
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; the message names the input and the problem."""
+
+
+def decode_text(raw: bytes | str, what: str) -> str:
+    """One text from a BYTES element: valid UTF-8, not blank, at most MAX_TEXT_BYTES."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if len(raw) > MAX_TEXT_BYTES:
+        raise BadRequest(f"{what} is {len(raw)} bytes; the limit is {MAX_TEXT_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    if not text.strip():
+        raise BadRequest(f"{what} is empty")
+    return text
+
+
+def as_item(text: str) -> dict:
+    """The item fields of a text: a JSON object {"title", "topic", "content"}, or a plain string (the title)."""
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            title = str(obj.get("title") or "").strip()
+            if not title:
+                raise BadRequest("a JSON item text needs a non-empty 'title'")
+            return {
+                "title": title,
+                "topic": str(obj.get("topic") or ""),
+                "content": str(obj.get("content") or ""),
+                "category": "",
+                "tags": [],
+            }
+    return {"title": text, "topic": "", "content": "", "category": "", "tags": []}
+
+
+def check_k(k: int, available: int) -> int:
+    """K of a `similar` request against the items it can return (the catalogue, less the query item)."""
+    if k <= 0:
+        raise BadRequest(f"K must be positive, got {k}")
+    if k > available:
+        raise BadRequest(f"K={k} but only {available} catalogue items can be returned")
+    if k > MAX_K:
+        raise BadRequest(f"K={k} exceeds the limit of {MAX_K}")
+    return k

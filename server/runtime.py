@@ -1,0 +1,194 @@
+"""What the public models compute, as plain Python over onnxruntime sessions and the kernels' dispatch.
+
+The python-backend models in model_repo/ are thin adapters around these classes (request tensors in,
+responses out); the in-process benchmark runs the very same classes without a server. Each class loads
+from one version folder of the model repository, whose file names are defined here (and written by
+llmrec.export.repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmrec.kernels import cosine_topk
+from llmrec.server.contract import BadRequest
+from llmrec.server.tokenizer import ServingTokenizer
+
+NOTELLM_ONNX = "notellm.onnx"
+NOTELLM_META = "notellm.json"  # emb_dim and the prompt config
+ENCODER_ONNX = "encoder.onnx"
+RANKER_META = "ranker.json"  # the RankerConfig
+RANKER_HEAD = "head.pt"  # the head's parameters
+TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
+INDEX_VECTORS = "index.npy"
+INDEX_IDS = "index.ids.json"
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `llmrec export` to build the model repository")
+    options = ort.SessionOptions()
+    threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))  # 0: onnxruntime's default (all cores)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class NoteEmbedder:
+    """Item texts -> NoteLLM vectors: the training prompt cut after [EMB], through the exported graph."""
+
+    def __init__(self, folder: Path):
+        from llmrec.training.notellm.prompts import PromptBuilder, PromptConfig
+
+        folder = Path(folder)
+        meta = json.loads((folder / NOTELLM_META).read_text())
+        tokenizer = ServingTokenizer(folder / TOKENIZER)
+        self.prompts = PromptBuilder(tokenizer, PromptConfig(**meta["prompt"]))
+        self.pad_id = tokenizer.pad_token_id
+        self.dim = int(meta["emb_dim"])
+        self.session = _session(folder / NOTELLM_ONNX)
+
+    def inputs(self, items: list[dict]) -> dict[str, np.ndarray]:
+        from llmrec.training.notellm.prompts import collate
+
+        batch = collate([self.prompts.embedding_prompt(item) for item in items], self.pad_id)
+        return {"input_ids": batch["input_ids"].numpy(), "emb_index": batch["emb_index"].numpy()}
+
+    def embed(self, items: list[dict]) -> np.ndarray:
+        """(n, d) float32, L2-normalised."""
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        return self.session.run(None, self.inputs(items))[0]
+
+
+class ItemIndex:
+    """The catalogue's vectors and ids; cosine top-k over them through the kernels' dispatch."""
+
+    def __init__(self, ids: list[str], vectors: np.ndarray):
+        self.ids = ids
+        self.vectors = torch.from_numpy(vectors)
+        self.row = {item_id: i for i, item_id in enumerate(ids)}
+        if torch.cuda.is_available():
+            self.vectors = self.vectors.cuda()
+
+    @classmethod
+    def load(cls, folder: Path) -> ItemIndex:
+        """Loads and checks index.npy + index.ids.json; any problem is a ValueError that names the file."""
+        folder = Path(folder)
+        vec_path, ids_path = folder / INDEX_VECTORS, folder / INDEX_IDS
+        for path in (vec_path, ids_path):
+            if not path.is_file():
+                raise ValueError(f"item index {path} is missing")
+        try:
+            vectors = np.load(vec_path, allow_pickle=False)
+        except Exception as e:  # a truncated or foreign file: numpy raises many kinds
+            raise ValueError(f"item index {vec_path} is not a readable .npy file: {e}") from None
+        try:
+            ids = json.loads(ids_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"item ids {ids_path} are not valid JSON: {e}") from None
+        if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.dtype.kind != "f":
+            raise ValueError(
+                f"item index {vec_path} must be a non-empty (n, d) float array, got {vectors.dtype} {vectors.shape}"
+            )
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"item ids {ids_path} must be a JSON list of strings")
+        if len(ids) != vectors.shape[0]:
+            raise ValueError(f"item index {vec_path} has {vectors.shape[0]} vectors for {len(ids)} ids")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"item ids {ids_path} contain duplicates")
+        vectors = vectors.astype(np.float32)
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"item index {vec_path} contains NaN or infinite values")
+        norms = np.linalg.norm(vectors, axis=1)
+        if (norms == 0).any():
+            raise ValueError(
+                f"item index {vec_path} has all-zero vectors (rows {np.flatnonzero(norms == 0)[:5]})"
+            )
+        return cls(ids, vectors / norms[:, None])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def vectors_of(self, item_ids: list[str]) -> np.ndarray:
+        rows = []
+        for item_id in item_ids:
+            if item_id not in self.row:
+                raise BadRequest(f"unknown item id {item_id!r}")
+            rows.append(self.row[item_id])
+        return self.vectors[rows].cpu().numpy()
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[str | None]
+    ) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k ids and cosine scores per query (n_q, d); `exclude` drops one item per query (its own)."""
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.vectors.device)
+        q = torch.nn.functional.normalize(q, dim=-1)
+        drop = torch.tensor([self.row[e] if e is not None else -1 for e in exclude], device=q.device)
+        scores, rows = cosine_topk(q, self.vectors, k, exclude=drop)
+        rows = rows.cpu().numpy()
+        return [[self.ids[r] for r in row] for row in rows], scores.cpu().numpy()
+
+
+class RankScorer:
+    """EaaR online: item texts -> exported BERT encoder -> the trained head (pooling, user attention, dot)."""
+
+    def __init__(self, folder: Path):
+        from llmrec.training.eaar.model import Ranker, RankerConfig
+
+        folder = Path(folder)
+        self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
+        self.tokenizer = ServingTokenizer(folder / TOKENIZER)
+        self.session = _session(folder / ENCODER_ONNX)
+        state = torch.load(folder / RANKER_HEAD, map_location="cpu")
+        hidden = int(state["hidden"])
+        self.head = Ranker(self.config, None, None, hidden=hidden)
+        self.head.load_state_dict(state["params"], strict=True)
+        self.head.eval()
+        if torch.cuda.is_available():
+            self.head.cuda()
+        self.device = next(self.head.parameters()).device
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (n, T, H) and mask (n, T) of item texts, from the exported encoder."""
+        enc = self.tokenizer.batch(texts, self.config.max_tokens)
+        feeds = {k: v for k, v in enc.items() if k in self.input_names}
+        states = self.session.run(None, feeds)[0]
+        return torch.from_numpy(states).to(self.device), torch.from_numpy(enc["attention_mask"]).to(
+            self.device
+        )
+
+    @torch.no_grad()
+    def item_vectors(self, texts: list[str]) -> torch.Tensor:
+        tokens, mask = self.encode(texts)
+        vectors, _ = self.head.pool_items(tokens, mask)
+        return vectors
+
+    @torch.no_grad()
+    def score(self, users: list[tuple[list[str], list[str]]]) -> list[np.ndarray]:
+        """One score per candidate for each (history texts, candidate texts); all users in one encoder pass."""
+        if not users:
+            return []
+        unique = sorted({t for hist, cands in users for t in (*hist, *cands)})
+        where = {t: i for i, t in enumerate(unique)}
+        vectors = self.item_vectors(unique)  # (n, D)
+        width = max(len(hist) for hist, _ in users)
+        rows = torch.zeros(len(users), width, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(users), width, dtype=torch.bool, device=self.device)
+        for b, (hist, _) in enumerate(users):
+            rows[b, : len(hist)] = torch.tensor([where[t] for t in hist], device=self.device)
+            valid[b, : len(hist)] = True
+        user = self.head.user_vectors(vectors[rows], valid)  # (B, D)
+        out = []
+        for b, (_, cands) in enumerate(users):
+            cand = vectors[torch.tensor([where[t] for t in cands], device=self.device)]
+            out.append((cand @ user[b]).float().cpu().numpy())
+        return out
