@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -153,26 +152,3 @@ def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int =
     (folder / runtime.INDEX_IDS).write_text(json.dumps(list(ids)))
     runtime.ItemIndex.load(folder)
     return _publish(folder)
-
-
-def export_all(
-    repo: Path,
-    notellm_dir: Path,
-    ranker_dir: Path,
-    items: list[dict],
-    texts: list[str],
-    index: tuple,
-    report_path: Path,
-    version: int = 1,
-) -> dict:
-    started = time.time()
-    report = {
-        "embed": export_embed(repo, notellm_dir, items, version),
-        "rank": export_rank(repo, ranker_dir, texts, version),
-    }
-    export_index(repo, *index, version=version)
-    report["similar"] = {"items": len(index[0]), "dim": int(np.asarray(index[1]).shape[1])}
-    report["wall_s"] = round(time.time() - started, 1)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return report

@@ -11,7 +11,7 @@ import typer
 from llmrec.paths import artifacts_dir
 
 app = typer.Typer(
-    help="LLM-enhanced text embeddings for recommendation: data -> train -> eval -> embed.",
+    help="LLM-enhanced text embeddings for recommendation: data -> train -> eval -> embed -> export -> serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -280,6 +280,198 @@ def eval_eaar(
         )
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
+
+
+# --- serving -------------------------------------------------------------------------------------
+RepoOpt = Annotated[Path | None, typer.Option(help="Model repository (default: artifacts/model_repo).")]
+UrlOpt = Annotated[str, typer.Option(help="Triton gRPC address.")]
+
+
+def _repo(repo: Path | None) -> Path:
+    return repo or artifacts_dir() / "model_repo"
+
+
+@app.command("export")
+def export(
+    repo: RepoOpt = None,
+    notellm_dir: NoteLLMDir = None,
+    ranker_dir: Annotated[
+        Path | None, typer.Option(help="EaaR run folder (default: artifacts/eaar/notellm/eaar/seed0).")
+    ] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option(help="Item vectors for `similar` (default: the NoteLLM run's item_vectors.npy)."),
+    ] = None,
+    version: Annotated[
+        int, typer.Option(help="Version folder to write (a new one replaces the served one).")
+    ] = 1,
+    only: Annotated[
+        str | None, typer.Option(help="Export only these models, comma-separated: embed, rank, similar.")
+    ] = None,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+) -> None:
+    """ONNX graphs (with a parity check against PyTorch) and the item index -> a Triton model repository."""
+    from llmrec.export import repository
+    from llmrec.runs import table
+    from llmrec.training.embed_io import load_vectors
+    from llmrec.training.encoders import item_text
+
+    repo = _repo(repo)
+    notellm_dir = notellm_dir or _notellm_dir()
+    ranker_dir = ranker_dir or _eaar_dir("notellm", "eaar", 0)
+    models = [m for m in (only or "embed,rank,similar").split(",") if m]
+    if unknown := set(models) - {"embed", "rank", "similar"}:
+        raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from embed, rank, similar"))
+    data, _, _ = _load(items, interactions, 0.1)
+    records = data.items.to_dict("records")
+    report: dict = {}
+    started = time.time()
+    try:
+        if "embed" in models:
+            typer.echo("exporting embed (NoteLLM item encoder) ...")
+            report["embed"] = repository.export_embed(repo, notellm_dir, records, version)
+        if "rank" in models:
+            typer.echo("exporting rank (EaaR text encoder + head) ...")
+            report["rank"] = repository.export_rank(
+                repo, ranker_dir, [item_text(r) for r in records], version
+            )
+        if "similar" in models:
+            ids, vectors = load_vectors(index or notellm_dir / "item_vectors.npy")
+            repository.export_index(repo, ids, vectors, version)
+            report["similar"] = {"items": len(ids), "dim": int(vectors.shape[1])}
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+    from llmrec.runs import provenance, write_json
+
+    path = write_json(
+        artifacts_dir() / "export" / f"parity-v{version}.json", {**report, **provenance(started)}
+    )
+    rows = [
+        {
+            "model": m,
+            "graph": "fp32",
+            **{k: r[k] for k in ("max_abs", "max_rel", "ok")},
+            "batches": len(r["rows"]),
+        }
+        for m, r in report.items()
+        if "rows" in r
+    ]
+    if rows:
+        typer.echo(table(rows, ".2e"))
+    typer.echo(f"model repository {repo} (version {version}); parity report {path}")
+
+
+@app.command("serve")
+def serve(
+    repo: RepoOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+) -> None:
+    """Run the embedded tritonserver on the model repository until Ctrl-C."""
+    import signal
+
+    from llmrec.server.launcher import ServerError, TritonServer
+
+    server = TritonServer(_repo(repo), host, http_port, grpc_port, metrics_port)
+    try:
+        server.start()
+    except (ServerError, FileNotFoundError) as e:
+        raise _fail(e) from None
+    typer.echo(
+        f"serving {server.repo}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}"
+    )
+    typer.echo(f"log: {server.log_path}; Ctrl-C stops")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command("serve-demo")
+def serve_demo(
+    repo: RepoOpt = None,
+    calls: Annotated[int, typer.Option(help="Calls per model in the latency loop.")] = 30,
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+) -> None:
+    """Start the embedded server, call similar and rank over gRPC, print tables and a latency summary, stop."""
+    from llmrec.server import demo
+    from llmrec.server.client import ServingError
+    from llmrec.server.launcher import ServerError
+
+    data, _, split = _load(items, interactions, 0.1)
+    try:
+        demo.run(_repo(repo), data.items, split.train_interactions, split.test_interactions, calls)
+    except (ServerError, ServingError, FileNotFoundError) as e:
+        raise _fail(e) from None
+
+
+def _client(url: str):
+    from llmrec.server.client import RankingClient
+
+    return RankingClient(url)
+
+
+@app.command("similar")
+def similar(
+    item_id: Annotated[str | None, typer.Option("--item", help="A catalogue item id.")] = None,
+    text: Annotated[str | None, typer.Option(help="Free text (or a JSON item) instead of an id.")] = None,
+    k: Annotated[int, typer.Option(help="How many neighbours.")] = 10,
+    url: UrlOpt = "127.0.0.1:8001",
+) -> None:
+    """The k catalogue items nearest an item or a text, from a running server."""
+    from llmrec.runs import table
+    from llmrec.server.client import ServingError
+
+    try:
+        with _client(url) as client:
+            rows = [
+                {"rank": i + 1, "item": n.item_id, "cosine": n.score}
+                for i, n in enumerate(client.similar(item_id, text, k))
+            ]
+    except (ServingError, ValueError) as e:
+        raise _fail(e) from None
+    typer.echo(table(rows, ".4f"))
+
+
+@app.command("rank")
+def rank(
+    history: Annotated[list[str], typer.Option(help="A text the user engaged with (repeat the option).")],
+    candidate: Annotated[list[str], typer.Option(help="A candidate text to score (repeat the option).")],
+    url: UrlOpt = "127.0.0.1:8001",
+) -> None:
+    """Score candidates for a user's history with the served EaaR ranker."""
+    from llmrec.runs import table
+    from llmrec.server.client import ServingError
+
+    try:
+        with _client(url) as client:
+            scores = client.rank(history, candidate)
+    except (ServingError, ValueError) as e:
+        raise _fail(e) from None
+    rows = sorted(
+        ({"candidate": c, "score": float(s)} for c, s in zip(candidate, scores, strict=True)),
+        key=lambda r: -r["score"],
+    )
+    typer.echo(table(rows, ".4f"))
+
+
+@app.command("health")
+def health(url: UrlOpt = "127.0.0.1:8001") -> None:
+    """Is the server live and ready, and is each public model ready? Exit status 1 if not."""
+    with _client(url) as client:
+        state = client.health()
+    typer.echo(f"live: {state['live']}  ready: {state['ready']}")
+    for model, ready in state["models"].items():
+        typer.echo(f"  {model}: {'ready' if ready else 'NOT ready'}")
+    if not (state["ready"] and all(state["models"].values())):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

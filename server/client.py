@@ -1,0 +1,197 @@
+"""gRPC clients for the public models (tritonclient underneath): sync `RankingClient`, asyncio `AsyncRankingClient`.
+
+    client = RankingClient("127.0.0.1:8001")
+    client.similar(item_id="1", k=10)            # [Neighbour(item_id, score), ...], best first
+    client.rank(history=[...], candidates=[...]) # one score per candidate
+    client.embed(["Toy Story (1995)"])           # (n, d) L2-normalised
+
+Every call has a deadline (`timeout` seconds), is retried with exponential backoff while the server
+answers UNAVAILABLE (starting, overloaded, restarting), and raises `ServingError` naming the model, the
+gRPC status and the server's message otherwise. Latency goes to the `llmrec_client_request_seconds`
+histogram (per method and status) of llmrec.server.metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from llmrec.server import contract
+from llmrec.server.metrics import observe
+
+RETRYABLE = ("StatusCode.UNAVAILABLE",)
+
+
+class ServingError(RuntimeError):
+    """A request failed: `status` is the gRPC status (e.g. StatusCode.INVALID_ARGUMENT)."""
+
+    def __init__(self, method: str, status: str, message: str):
+        super().__init__(f"{method} failed ({status}): {message}")
+        self.method, self.status, self.message = method, status, message
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    item_id: str
+    score: float
+
+
+def _bytes_input(name: str, rows: list[list[str]]) -> grpcclient.InferInput:
+    array = np.array(
+        [[t.encode() if isinstance(t, str) else t for t in row] for row in rows], dtype=np.object_
+    )
+    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def embed_request(texts: list[str]) -> tuple[str, list, list[str]]:
+    if not texts:
+        raise ValueError("embed needs at least one text")
+    return contract.EMBED.name, [_bytes_input("TEXT", [[t] for t in texts])], ["VECTOR"]
+
+
+def similar_request(item_id: str | None, text: str | None, k: int) -> tuple[str, list, list[str]]:
+    if (item_id is None) == (text is None):
+        raise ValueError("give exactly one of item_id and text")
+    k_input = grpcclient.InferInput("K", [1, 1], "INT32")
+    k_input.set_data_from_numpy(np.array([[k]], dtype=np.int32))
+    query = _bytes_input("ITEM_ID", [[item_id]]) if item_id is not None else _bytes_input("TEXT", [[text]])
+    return contract.SIMILAR.name, [query, k_input], ["ITEM_IDS", "SCORES"]
+
+
+def rank_request(history: list[str], candidates: list[str]) -> tuple[str, list, list[str]]:
+    if not history or not candidates:
+        raise ValueError("rank needs at least one history text and one candidate")
+    inputs = [_bytes_input("HISTORY", [history]), _bytes_input("CANDIDATES", [candidates])]
+    return contract.RANK.name, inputs, ["SCORES"]
+
+
+def _outputs(result, names: list[str]) -> list[np.ndarray]:
+    return [result.as_numpy(n) for n in names]
+
+
+def _neighbours(ids: np.ndarray, scores: np.ndarray) -> list[Neighbour]:
+    return [Neighbour(i.decode(), float(s)) for i, s in zip(ids[0], scores[0], strict=True)]
+
+
+def _status(e: InferenceServerException) -> str:
+    return str(e.status() or "StatusCode.UNKNOWN")
+
+
+class RankingClient:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", timeout: float = 10.0, retries: int = 3, backoff: float = 0.1
+    ):
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.grpc = grpcclient.InferenceServerClient(url)
+
+    def _call(self, method: str, fn: Callable):
+        for attempt in range(self.retries + 1):
+            started = time.perf_counter()
+            try:
+                out = fn()
+            except InferenceServerException as e:
+                status = _status(e)
+                observe(method, status, time.perf_counter() - started)
+                if status in RETRYABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise ServingError(method, status, e.message()) from None
+            observe(method, "OK", time.perf_counter() - started)
+            return out
+        raise AssertionError("unreachable")
+
+    def _infer(self, method: str, request: tuple[str, list, list[str]]) -> list[np.ndarray]:
+        model, inputs, outputs = request
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        result = self._call(
+            method, lambda: self.grpc.infer(model, inputs, outputs=requested, client_timeout=self.timeout)
+        )
+        return _outputs(result, outputs)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._infer("embed", embed_request(texts))[0]
+
+    def similar(self, item_id: str | None = None, text: str | None = None, k: int = 10) -> list[Neighbour]:
+        return _neighbours(*self._infer("similar", similar_request(item_id, text, k)))
+
+    def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
+        return self._infer("rank", rank_request(history, candidates))[0][0]
+
+    def health(self) -> dict:
+        """live, ready, and each public model's readiness (False where the server cannot be reached)."""
+        try:
+            models = {m: self.grpc.is_model_ready(m, client_timeout=self.timeout) for m in contract.MODELS}
+            return {
+                "live": self.grpc.is_server_live(client_timeout=self.timeout),
+                "ready": self.grpc.is_server_ready(client_timeout=self.timeout),
+                "models": models,
+            }
+        except InferenceServerException:
+            return {"live": False, "ready": False, "models": dict.fromkeys(contract.MODELS, False)}
+
+    def close(self) -> None:
+        self.grpc.close()
+
+    def __enter__(self) -> RankingClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRankingClient:
+    """The same calls for asyncio code: `await client.rank(...)`."""
+
+    def __init__(
+        self, url: str = "127.0.0.1:8001", timeout: float = 10.0, retries: int = 3, backoff: float = 0.1
+    ):
+        import tritonclient.grpc.aio as aio
+
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.grpc = aio.InferenceServerClient(url)
+
+    async def _infer(self, method: str, request: tuple[str, list, list[str]]) -> list[np.ndarray]:
+        model, inputs, outputs = request
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        for attempt in range(self.retries + 1):
+            started = time.perf_counter()
+            try:
+                result = await self.grpc.infer(model, inputs, outputs=requested, client_timeout=self.timeout)
+            except InferenceServerException as e:
+                status = _status(e)
+                observe(method, status, time.perf_counter() - started)
+                if status in RETRYABLE and attempt < self.retries:
+                    await asyncio.sleep(self.backoff * 2**attempt)
+                    continue
+                raise ServingError(method, status, e.message()) from None
+            observe(method, "OK", time.perf_counter() - started)
+            return _outputs(result, outputs)
+        raise AssertionError("unreachable")
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return (await self._infer("embed", embed_request(texts)))[0]
+
+    async def similar(
+        self, item_id: str | None = None, text: str | None = None, k: int = 10
+    ) -> list[Neighbour]:
+        return _neighbours(*await self._infer("similar", similar_request(item_id, text, k)))
+
+    async def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
+        return (await self._infer("rank", rank_request(history, candidates)))[0][0]
+
+    async def close(self) -> None:
+        await self.grpc.close()
+
+    async def __aenter__(self) -> AsyncRankingClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

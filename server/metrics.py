@@ -1,0 +1,84 @@
+"""Latency on both sides of the wire.
+
+Client side: the `llmrec_client_request_seconds` histogram (labels: method, status), exposed on a port
+with `expose(port)` for Prometheus. Server side: Triton's own counters on its metrics port, read with
+`scrape()`; `server_split(before, after)` turns two scrapes into per-model request counts and mean
+queue / compute times over the window between them.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUEST_SECONDS = Histogram(
+    "llmrec_client_request_seconds",
+    "Client-side latency of llmrec gRPC calls, by method and gRPC status.",
+    ["method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def observe(method: str, status: str, seconds: float) -> None:
+    REQUEST_SECONDS.labels(method=method, status=status).observe(seconds)
+
+
+def expose(port: int, host: str = "127.0.0.1") -> None:
+    """Serve the client metrics at http://host:port/metrics (a daemon thread)."""
+    start_http_server(port, addr=host)
+
+
+# Triton's cumulative counters that the split needs (microseconds, except the counts).
+TRITON_COUNTERS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, str], float]:
+    """{(counter, model): value} summed over versions, from Triton's /metrics."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in TRITON_COUNTERS and "model" in sample.labels:
+                key = (name, sample.labels["model"])
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """Per model over the window: requests, failures, mean batch size and mean ms per request stage."""
+    models = sorted({m for _, m in after})
+    rows = {}
+    for model in models:
+
+        def delta(counter: str, model: str = model) -> float:
+            return after.get((counter, model), 0.0) - before.get((counter, model), 0.0)
+
+        requests = delta("nv_inference_request_success") + delta("nv_inference_request_failure")
+        if requests <= 0:
+            continue
+        executions = delta("nv_inference_exec_count")
+        rows[model] = {
+            "requests": requests,
+            "failures": delta("nv_inference_request_failure"),
+            "mean_batch": delta("nv_inference_count") / executions if executions else 0.0,
+            "request_ms": delta("nv_inference_request_duration_us") / requests / 1e3,
+            "queue_ms": delta("nv_inference_queue_duration_us") / requests / 1e3,
+            "compute_input_ms": delta("nv_inference_compute_input_duration_us") / requests / 1e3,
+            "compute_infer_ms": delta("nv_inference_compute_infer_duration_us") / requests / 1e3,
+            "compute_output_ms": delta("nv_inference_compute_output_duration_us") / requests / 1e3,
+        }
+    return rows
