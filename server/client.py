@@ -125,6 +125,12 @@ class RankingClient:
     def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
         return self._infer("rank", rank_request(history, candidates))[0][0]
 
+    def reload(self, model: str) -> None:
+        """Re-read a model's versions from the repository (a new index version replaces the served one).
+
+        If the new version fails to load, the server keeps serving the old one and this raises with why."""
+        self._call("reload", lambda: self.grpc.load_model(model, client_timeout=max(self.timeout, 120.0)))
+
     def health(self) -> dict:
         """live, ready, and each public model's readiness (False where the server cannot be reached)."""
         try:

@@ -113,3 +113,51 @@ def tiny_bert_dir(tmp_path_factory):
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
+    """Untrained-but-complete NoteLLM and EaaR run folders on the tiny backbones, and their catalogue."""
+    import json
+    from dataclasses import asdict
+
+    from llmrec.training.eaar.model import Ranker, RankerConfig, TextEncoder
+    from llmrec.training.embed_io import save_vectors
+    from llmrec.training.encoders import encode_notellm
+    from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
+
+    root = tmp_path_factory.mktemp("runs")
+    items = make_items(40)
+    torch.manual_seed(0)
+    notellm = NoteLLM(NoteLLMConfig(backbone=str(tiny_llama_dir), emb_dim=16, projection_init="random"))
+    notellm.save(root / "notellm" / "model")
+    vectors = encode_notellm(notellm, items)
+    save_vectors(root / "notellm" / "item_vectors.npy", items["item_id"].tolist(), vectors.numpy())
+
+    config = RankerConfig(
+        strategy="eaar", encoder=str(tiny_bert_dir), max_tokens=12, teacher_dim=16, att_dim=8
+    )
+    encoder = TextEncoder(config.encoder, config.train_layers, config.max_tokens)
+    ranker = Ranker(config, encoder, torch.randn(40, 16))
+    run = root / "eaar"
+    run.mkdir()
+    torch.save({n: p.detach() for n, p in ranker.named_parameters() if p.requires_grad}, run / "ranker.pt")
+    (run / "config.json").write_text(json.dumps({"model": asdict(config)}))
+    return {"notellm": root / "notellm", "eaar": run, "items": items}
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, tiny_runs):
+    """A model repository exported from the tiny runs (version 1 of every model), and its parity reports."""
+    from llmrec.export import repository
+    from llmrec.training.embed_io import load_vectors
+    from llmrec.training.encoders import item_text
+
+    repo = tmp_path_factory.mktemp("model_repo")
+    records = tiny_runs["items"].to_dict("records")
+    reports = {
+        "embed": repository.export_embed(repo, tiny_runs["notellm"], records),
+        "rank": repository.export_rank(repo, tiny_runs["eaar"], [item_text(r) for r in records]),
+    }
+    repository.export_index(repo, *load_vectors(tiny_runs["notellm"] / "item_vectors.npy"))
+    return {"repo": repo, "reports": reports, **tiny_runs}

@@ -1,0 +1,107 @@
+"""Export on the tiny models: valid ONNX, dynamic axes, parity with PyTorch, tokenizer parity, layout."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from llmrec.export import parity
+from llmrec.export.repository import export_index
+from llmrec.server import runtime
+
+pytestmark = pytest.mark.slow
+
+
+def test_repository_layout(tiny_repo):
+    repo = tiny_repo["repo"]
+    for model, files in {
+        "embed": [runtime.NOTELLM_ONNX, runtime.NOTELLM_META, "model.py", "tokenizer/tokenizer.json"],
+        "rank": [runtime.ENCODER_ONNX, runtime.RANKER_META, runtime.RANKER_HEAD, "model.py"],
+        "similar": [runtime.INDEX_VECTORS, runtime.INDEX_IDS, "model.py"],
+    }.items():
+        assert (repo / model / "config.pbtxt").is_file()
+        for name in files:
+            assert (repo / model / "1" / name).exists(), f"{model}/1/{name}"
+    assert (repo / "embed" / "warmup" / "text").is_file()
+    assert not list(repo.glob("*/.*.tmp")), "no half-written versions left behind"
+
+
+def test_graphs_are_valid_with_dynamic_batch_and_sequence(tiny_repo):
+    for path, inputs in (
+        (tiny_repo["repo"] / "embed" / "1" / runtime.NOTELLM_ONNX, {"input_ids", "emb_index"}),
+        (
+            tiny_repo["repo"] / "rank" / "1" / runtime.ENCODER_ONNX,
+            {"input_ids", "attention_mask", "token_type_ids"},
+        ),
+    ):
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert {i.name for i in model.graph.input} == inputs
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        ids = next(i for i in model.graph.input if i.name == "input_ids")
+        dims = ids.type.tensor_type.shape.dim
+        assert all(d.dim_param for d in dims), f"{path.name}: input_ids axes must be dynamic, got {dims}"
+
+
+def test_parity_reports_cover_several_padded_shapes(tiny_repo):
+    for name, report in tiny_repo["reports"].items():
+        assert report["ok"] and report["max_abs"] <= parity.FP32_TOLERANCE, name
+        assert len({(r["batch"], r["seq"]) for r in report["rows"]}) >= 2, name
+
+
+def test_served_vectors_match_pytorch_and_the_index(tiny_repo):
+    from llmrec.training.embed_io import load_vectors
+
+    embedder = runtime.NoteEmbedder(tiny_repo["repo"] / "embed" / "1")
+    records = tiny_repo["items"].to_dict("records")
+    got = embedder.embed(records)
+    ids, want = load_vectors(tiny_repo["notellm"] / "item_vectors.npy")
+    assert ids == tiny_repo["items"]["item_id"].tolist()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_served_ranker_matches_the_trained_one(tiny_repo):
+    from llmrec.training.eaar.model import Ranker
+    from llmrec.training.encoders import item_text
+
+    texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
+    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank" / "1")
+    trained = Ranker.load(tiny_repo["eaar"])
+    with torch.no_grad():
+        tokens, mask = trained.encoder.encode_texts(texts[:5])
+        want, _ = trained.pool_items(tokens, mask)
+    np.testing.assert_allclose(scorer.item_vectors(texts[:5]).numpy(), want.numpy(), atol=1e-4)
+    scores = scorer.score([(texts[:3], texts[3:8]), (texts[:1], texts[8:10])])
+    assert [s.shape for s in scores] == [(5,), (2,)]
+
+
+def test_a_malformed_index_is_refused_at_export(tmp_path):
+    with pytest.raises(ValueError, match="has 2 vectors for 3 ids"):
+        export_index(tmp_path, ["a", "b", "c"], np.eye(2, dtype=np.float32))
+    assert not (tmp_path / "similar" / "1").exists()
+
+
+@pytest.mark.parametrize(
+    "vectors, ids, message",
+    [
+        (np.full((2, 3), np.nan, np.float32), ["a", "b"], "NaN or infinite"),
+        (np.zeros((2, 3), np.float32), ["a", "b"], "all-zero vectors"),
+        (np.eye(2, dtype=np.float32), ["a", "a"], "duplicates"),
+        (np.arange(3, dtype=np.float32), ["a"], "non-empty \\(n, d\\) float array"),
+    ],
+)
+def test_index_load_names_the_problem(tmp_path, vectors, ids, message):
+    np.save(tmp_path / runtime.INDEX_VECTORS, vectors)
+    (tmp_path / runtime.INDEX_IDS).write_text(json.dumps(ids))
+    with pytest.raises(ValueError, match=message):
+        runtime.ItemIndex.load(tmp_path)
+
+
+def test_index_search_excludes_the_query_item():
+    vectors = np.eye(4, dtype=np.float32) + 0.1
+    index = runtime.ItemIndex(["a", "b", "c", "d"], vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    ids, scores = index.search(index.vectors_of(["a", "b"]), 2, exclude=["a", None])
+    assert ids[0][0] != "a" and ids[1][0] == "b"
+    assert scores.shape == (2, 2) and scores[0, 0] >= scores[0, 1]

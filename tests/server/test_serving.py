@@ -1,0 +1,190 @@
+"""Through the real tritonserver (the nvidia-pytriton binary) on the tiny exported models: every public
+model over gRPC and HTTP, bad requests, mixed batches, metrics and index versions."""
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from llmrec.server import metrics, runtime
+from llmrec.server.client import AsyncRankingClient, RankingClient, ServingError
+from llmrec.server.launcher import ServerError, TritonServer
+from llmrec.training.encoders import item_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_repo, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("served") / "repo"
+    shutil.copytree(tiny_repo["repo"], repo)  # the index-version test writes into it
+    with TritonServer(repo, log_path=repo.parent / "tritonserver.log") as server:
+        client = RankingClient(server.grpc_url, timeout=30.0)
+        yield {**tiny_repo, "server": server, "client": client, "repo": repo}
+        client.close()
+
+
+def texts(served, n, start=0):
+    return [item_text(r) for r in served["items"].to_dict("records")[start : start + n]]
+
+
+def test_health(served):
+    state = served["client"].health()
+    assert state["live"] and state["ready"] and all(state["models"].values())
+
+
+def test_embed_over_grpc_matches_the_runtime(served):
+    vectors = served["client"].embed(
+        ["Toy Story", '{"title": "Heat", "topic": "1990s", "content": "Crime."}']
+    )
+    assert vectors.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    local = runtime.NoteEmbedder(served["repo"] / "embed" / "1").embed(
+        [{"title": "Toy Story", "topic": "", "content": ""}]
+    )
+    np.testing.assert_allclose(vectors[0], local[0], atol=1e-5)
+
+
+def test_similar_by_id_and_by_text(served):
+    client = served["client"]
+    by_id = client.similar(item_id="3", k=5)
+    assert len(by_id) == 5 and "3" not in [n.item_id for n in by_id]
+    assert [n.score for n in by_id] == sorted((n.score for n in by_id), reverse=True)
+    by_text = client.similar(text="Movie 3", k=39)
+    assert len({n.item_id for n in by_text}) == 39
+    assert len(client.similar(item_id="3", k=39)) == 39  # the whole catalogue but the item itself
+
+
+def test_rank_over_grpc_matches_the_runtime(served):
+    history, candidates = texts(served, 4), texts(served, 6, start=10)
+    scores = served["client"].rank(history, candidates)
+    local = runtime.RankScorer(served["repo"] / "rank" / "1").score([(history, candidates)])[0]
+    assert scores.shape == (6,)
+    np.testing.assert_allclose(scores, local, rtol=1e-4, atol=1e-4)
+
+
+def test_every_model_over_http(served):
+    client = httpclient.InferenceServerClient(served["server"].http_url)
+
+    def strings(name, rows):
+        tensor = httpclient.InferInput(name, [len(rows), len(rows[0])], "BYTES")
+        tensor.set_data_from_numpy(np.array(rows, dtype=np.object_))
+        return tensor
+
+    out = client.infer("embed", [strings("TEXT", [["Movie 1"], ["Movie 2"]])]).as_numpy("VECTOR")
+    assert out.shape == (2, 16)
+    k = httpclient.InferInput("K", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[4]], dtype=np.int32))
+    result = client.infer("similar", [strings("ITEM_ID", [["7"]]), k])
+    assert result.as_numpy("ITEM_IDS").shape == (1, 4) and result.as_numpy("SCORES").shape == (1, 4)
+    scores = client.infer(
+        "rank", [strings("HISTORY", [texts(served, 2)]), strings("CANDIDATES", [texts(served, 3, 5)])]
+    )
+    assert scores.as_numpy("SCORES").shape == (1, 3)
+
+
+BAD = [
+    ("embed", {"texts": [""]}, "TEXT[0] is empty"),
+    ("embed", {"texts": ["x" * 2**20]}, "TEXT[0] is 1048576 bytes; the limit is 16384"),
+    ("embed", {"texts": [b"caf\xe9"]}, "not valid UTF-8"),
+    ("similar", {"item_id": "3", "k": 0}, "K must be positive, got 0"),
+    ("similar", {"item_id": "3", "k": 40}, "K=40 but only 39 catalogue items"),
+    ("similar", {"text": "Movie", "k": 41}, "K=41 but only 40 catalogue items"),
+    ("similar", {"item_id": "no-such-item", "k": 3}, "unknown item id 'no-such-item'"),
+    ("rank", {"history": [""], "candidates": ["Movie 1"]}, "HISTORY[0][0] is empty"),
+]
+
+
+@pytest.mark.parametrize("method, kwargs, message", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(served, method, kwargs, message):
+    client = served["client"]
+    with pytest.raises(
+        ServingError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+    ) as error:
+        getattr(client, method)(**kwargs)
+    assert error.value.status == "StatusCode.INVALID_ARGUMENT"
+    assert client.similar(item_id="1", k=2)  # still serving
+
+
+def raw_grpc(served, model, inputs):
+    client = grpcclient.InferenceServerClient(served["server"].grpc_url)
+    with pytest.raises(Exception) as error:
+        client.infer(model, inputs)
+    return str(error.value)
+
+
+def test_wrong_dtype_and_shape_are_refused_by_the_server(served):
+    k = grpcclient.InferInput("K", [1, 1], "FP32")
+    k.set_data_from_numpy(np.array([[3.0]], dtype=np.float32))
+    item = grpcclient.InferInput("ITEM_ID", [1, 1], "BYTES")
+    item.set_data_from_numpy(np.array([[b"1"]], dtype=np.object_))
+    assert "input 'K' data-type is 'FP32', but model 'similar' expects 'INT32'" in raw_grpc(
+        served, "similar", [item, k]
+    )
+    text = grpcclient.InferInput("TEXT", [1, 2], "BYTES")
+    text.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=np.object_))
+    message = raw_grpc(served, "embed", [text])
+    assert "INVALID_ARGUMENT" in message and "'TEXT'" in message and "shape" in message, message
+    assert served["client"].health()["ready"]
+
+
+def test_a_bad_request_does_not_fail_the_others_in_its_batch(served):
+    async def burst():
+        async with AsyncRankingClient(served["server"].grpc_url, timeout=60.0) as client:
+            calls = [client.embed([f"Movie {i}" if i % 4 else ""]) for i in range(24)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    before = metrics.scrape(served["server"].metrics_url)
+    results = asyncio.run(burst())
+    failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert failed == list(range(0, 24, 4))
+    assert all(isinstance(results[i], ServingError) and "is empty" in str(results[i]) for i in failed)
+    assert all(results[i].shape == (1, 16) for i in range(24) if i % 4)
+    split = metrics.server_split(before, metrics.scrape(served["server"].metrics_url))
+    # Triton counts all 24; it books errors returned by a python model as successes (nv_inference_request_
+    # failure stays 0), so error rates come from the client side (status label of the client histogram).
+    assert split["embed"]["requests"] == 24
+
+
+def test_metrics_endpoint_counts_requests_with_latency_summaries(served):
+    served["client"].similar(item_id="2", k=3)
+    import urllib.request
+
+    text = urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
+    assert 'nv_inference_request_success{model="similar"' in text
+    assert "nv_inference_queue_duration_us" in text and "nv_inference_request_summary_us" in text
+
+
+def test_a_bad_index_version_fails_its_load_and_the_old_one_keeps_serving(served):
+    client, repo = served["client"], served["repo"]
+    version2 = repo / "similar" / "2"
+    shutil.copytree(repo / "similar" / "1", version2)
+    (version2 / runtime.INDEX_IDS).write_text(json.dumps(["only-one-id"]))
+    with pytest.raises(ServingError, match="has 40 vectors for 1 ids"):
+        client.reload("similar")
+    assert len(client.similar(item_id="3", k=3)) == 3  # version 1 still answers
+
+    ids = json.loads((repo / "similar" / "1" / runtime.INDEX_IDS).read_text())
+    (version2 / runtime.INDEX_IDS).write_text(json.dumps([f"v2-{i}" for i in ids]))
+    client.reload("similar")
+    assert client.similar(item_id="v2-3", k=2)[0].item_id.startswith("v2-")
+    with pytest.raises(ServingError, match="unknown item id '3'"):
+        client.similar(item_id="3", k=2)
+
+
+def test_launcher_fails_fast_with_the_log(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "embed" / "1").mkdir(parents=True)
+    (repo / "embed" / "config.pbtxt").write_text('name: "embed"\nbackend: "python"\n')
+    (repo / "embed" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
+    with pytest.raises(ServerError, match="boom at import"):
+        TritonServer(repo, log_path=tmp_path / "log", startup_timeout=120).start()
+
+
+def test_launcher_refuses_a_missing_repository(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `llmrec export` first"):
+        TritonServer(tmp_path / "nothing")
