@@ -1,6 +1,7 @@
 """Build a Triton model repository from trained runs: graphs, tokenizers, head, index, code, configs.
 
-    <repo>/<model>/config.pbtxt          from model_repo/<model>/ (checked in)
+    <repo>/<model>/config.pbtxt          from model_repo/<model>/ (checked in): the `cpu` target
+    <repo>/<model>/configs/gpu.pbtxt     the `gpu` target (tritonserver --model-config-name=gpu)
     <repo>/<model>/<version>/model.py    from model_repo/<model>/ (checked in)
     <repo>/<model>/<version>/...         the exported files (names: llmrec.server.runtime)
     <repo>/<model>/warmup/...            warm-up requests named in config.pbtxt
@@ -47,6 +48,7 @@ def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy2(source / "config.pbtxt", repo / model / "config.pbtxt")
+    shutil.copytree(source / "configs", repo / model / "configs", dirs_exist_ok=True)  # other targets
     shutil.copy2(source / "model.py", tmp / "model.py")
     for name, values in (warmup or {}).items():
         (repo / model / "warmup").mkdir(exist_ok=True)

@@ -369,16 +369,19 @@ def serve(
     http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    target: Annotated[
+        str, typer.Option(help="cpu (config.pbtxt) or gpu (configs/gpu.pbtxt, needs CUDA).")
+    ] = "cpu",
 ) -> None:
     """Run the embedded tritonserver on the model repository until Ctrl-C."""
     import signal
 
     from llmrec.server.launcher import ServerError, TritonServer
 
-    server = TritonServer(_repo(repo), host, http_port, grpc_port, metrics_port)
     try:
+        server = TritonServer(_repo(repo), host, http_port, grpc_port, metrics_port, target=target)
         server.start()
-    except (ServerError, FileNotFoundError) as e:
+    except (ServerError, FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     typer.echo(
         f"serving {server.repo}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}"

@@ -81,8 +81,12 @@ class TritonServer:
         metrics_port: int | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 180.0,
+        target: str = "cpu",
         extra_args: tuple[str, ...] = (),
     ):
+        if target not in ("cpu", "gpu"):
+            raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
+        self.target = target
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
             raise FileNotFoundError(f"model repository {self.repo} does not exist: run `llmrec export` first")
@@ -126,7 +130,7 @@ class TritonServer:
             "--backend-config=python,shm-default-byte-size=4194304",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            *CPU_FLAGS,
+            *(CPU_FLAGS if self.target == "cpu" else ("--model-config-name=gpu",)),
             *self.extra_args,
         ]
 

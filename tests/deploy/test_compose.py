@@ -28,7 +28,16 @@ def compose_binary() -> Path:
 
 def compose(*args: str, file: Path = ROOT / "docker-compose.yml") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(compose_binary()), "-f", str(file), "--project-directory", str(ROOT), "--profile", "load", *args],
+        [
+            str(compose_binary()),
+            "-f",
+            str(file),
+            "--project-directory",
+            str(ROOT),
+            "--profile",
+            "load",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -68,7 +77,10 @@ def test_triton_service_is_production_shaped(config):
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert triton["restart"] == "unless-stopped"
     assert "--metrics-config=summary_latencies=true" in triton["command"]
-    assert re.search(r"tritonserver:\d\d\.\d\d-py3", (ROOT / "deploy" / "Dockerfile").read_text()), "pin the NGC image"
+    assert "--model-config-name=gpu" in triton["command"]
+    assert re.search(r"tritonserver:\d\d\.\d\d-py3", (ROOT / "deploy" / "Dockerfile").read_text()), (
+        "pin the NGC image"
+    )
     assert config["services"]["locust"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 

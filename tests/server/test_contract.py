@@ -14,8 +14,12 @@ REPO = Path(__file__).resolve().parents[2] / "model_repo"
 DTYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
 
 
-def read_config(model: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse((REPO / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+TARGETS = {"cpu": "config.pbtxt", "gpu": "configs/gpu.pbtxt"}
+
+
+def read_config(model: str, target: str = "cpu") -> model_config_pb2.ModelConfig:
+    path = REPO / model / TARGETS[target]
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 def tensors(entries) -> set:
@@ -29,9 +33,12 @@ def expected(entries) -> set:
     return {(t.name, DTYPES[t.dtype], t.dims, t.optional) for t in entries}
 
 
+@pytest.mark.parametrize("target", sorted(TARGETS))
 @pytest.mark.parametrize("name", sorted(contract.MODELS))
-def test_config_matches_the_contract(name):
-    model, config = contract.MODELS[name], read_config(name)
+def test_config_matches_the_contract(name, target):
+    model, config = contract.MODELS[name], read_config(name, target)
+    kind = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}[target]
+    assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
     assert config.name == name and config.backend == "python"
     assert config.max_batch_size == model.max_batch_size
     assert tensors(config.input) == expected(model.inputs)
