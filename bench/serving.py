@@ -17,13 +17,13 @@ import csv
 import json
 import os
 import platform
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from llmrec.export.repository import without_batching
 from llmrec.paths import artifacts_dir
 from llmrec.runs import git_commit, table
 from llmrec.server import metrics, runtime
@@ -72,23 +72,6 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
         "p99_ms": float(np.percentile(ms, 99)),
         "throughput_rps": len(latencies) / wall,
     }
-
-
-def without_batching(repo: Path, dest: Path) -> Path:
-    """A copy of the repository whose configs drop dynamic batching (version folders are symlinks)."""
-    shutil.rmtree(dest, ignore_errors=True)
-    for model_dir in repo.iterdir():
-        if not (model_dir / "config.pbtxt").is_file():
-            continue
-        target = dest / model_dir.name
-        target.mkdir(parents=True)
-        config = (model_dir / "config.pbtxt").read_text()
-        lines = [line for line in config.splitlines() if not line.startswith("dynamic_batching")]
-        (target / "config.pbtxt").write_text("\n".join(lines) + "\n")
-        for child in model_dir.iterdir():
-            if child.is_dir():
-                (target / child.name).symlink_to(child.resolve())
-    return dest
 
 
 def main() -> None:

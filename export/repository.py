@@ -154,3 +154,20 @@ def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int =
     (folder / runtime.INDEX_IDS).write_text(json.dumps(list(ids)))
     runtime.ItemIndex.load(folder)
     return _publish(folder)
+
+
+def without_batching(repo: Path, dest: Path) -> Path:
+    """A copy of the repository whose configs drop dynamic batching (version folders are symlinks)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for model_dir in repo.iterdir():
+        if not (model_dir / "config.pbtxt").is_file():
+            continue
+        target = dest / model_dir.name
+        target.mkdir(parents=True)
+        config = (model_dir / "config.pbtxt").read_text()
+        lines = [line for line in config.splitlines() if not line.startswith("dynamic_batching")]
+        (target / "config.pbtxt").write_text("\n".join(lines) + "\n")
+        for child in model_dir.iterdir():
+            if child.is_dir():
+                (target / child.name).symlink_to(child.resolve())
+    return dest

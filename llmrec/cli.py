@@ -477,5 +477,48 @@ def health(url: UrlOpt = "127.0.0.1:8001") -> None:
         raise typer.Exit(1)
 
 
+@app.command("loadtest")
+def loadtest(
+    scenario: Annotated[
+        str, typer.Option(help="smoke, steady, ramp, spike, perf or full (ramp + spike + perf).")
+    ] = "full",
+    duration: Annotated[float, typer.Option(help="Seconds per run (per ramp step).")] = 20.0,
+    models: Annotated[str, typer.Option(help="Models to load, comma-separated.")] = "rank,similar",
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Offered req/s (steady), the ramp's first step, or the spike's saturation."),
+    ] = None,
+    p99_bound_ms: Annotated[float, typer.Option(help="The ramp's latency bound.")] = 2000.0,
+    batching: Annotated[
+        bool, typer.Option(help="Dynamic batching as exported (--no-batching: a copy without).")
+    ] = True,
+    repo: RepoOpt = None,
+    url: Annotated[
+        str | None, typer.Option(help="Attach to this gRPC address instead of starting a server.")
+    ] = None,
+    metrics_url: Annotated[
+        str | None, typer.Option(help="Triton metrics URL of the attached server.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Default artifacts/loadtest/<scenario>[-no-batching].")
+    ] = None,
+) -> None:
+    """Load test the served models with locust gRPC users and perf_analyzer; table and plots."""
+    from llmrec.loadtest.suite import LoadTestFailed, run_suite
+    from llmrec.server.launcher import ServerError
+
+    chosen = [m for m in models.split(",") if m]
+    if unknown := set(chosen) - {"rank", "similar", "embed"}:
+        raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from rank, similar, embed"))
+    out = out or artifacts_dir() / "loadtest" / (scenario + ("" if batching else "-no-batching"))
+    try:
+        run_suite(
+            scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url
+        )
+    except (LoadTestFailed, ServerError, FileNotFoundError, ValueError, RuntimeError) as e:
+        raise _fail(e) from None
+    typer.echo(f"report: {out}")
+
+
 if __name__ == "__main__":
     app()

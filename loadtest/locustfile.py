@@ -1,0 +1,113 @@
+"""Locust users that call the served models through llmrec's own gRPC client.
+
+    locust -f loadtest/locustfile.py --host 127.0.0.1:8001      (or `llmrec loadtest`, which drives it)
+
+Tasks, weighted 3:5:2 by default (LLMREC_LOAD_TASKS picks others): `rank` (a held-out user's last 10 items and 100 candidates, drawn from the time split's
+test side), `similar` (a random catalogue item, k drawn from 10/20/50/100) and `embed` (one item text).
+Every call is reported to locust with its gRPC status: a failed call counts as a failure, never hidden.
+
+The shape of the load comes from the environment (set by llmrec.loadtest.runner):
+LLMREC_LOAD_RATE (requests per second offered, all users together), LLMREC_LOAD_USERS, and optionally
+LLMREC_LOAD_SHAPE=spike with LLMREC_SPIKE_{BASE,PEAK}_RATE and LLMREC_SPIKE_{WARM,PEAK,TAIL}_S.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import grpc.experimental.gevent as grpc_gevent
+from locust import LoadTestShape, User, constant_throughput, events
+
+grpc_gevent.init_gevent()  # grpc's blocking calls yield to gevent, so one process runs many users
+
+from llmrec.loadtest.workload import Workload  # noqa: E402
+from llmrec.server.client import RankingClient, ServingError  # noqa: E402
+
+USERS = int(os.environ.get("LLMREC_LOAD_USERS", "8"))
+RATE = float(os.environ.get("LLMREC_LOAD_RATE", "4"))
+WORKLOAD: Workload | None = None
+
+
+@events.init.add_listener
+def _load_workload(environment, **_):
+    global WORKLOAD
+    WORKLOAD = Workload.load()
+
+
+class ServingUser(User):
+    """One client connection; `wait_time` spreads the offered rate evenly over the users."""
+
+    wait_time = constant_throughput(RATE / USERS)
+
+    def on_start(self):
+        self.client = RankingClient(
+            self.host, timeout=float(os.environ.get("LLMREC_LOAD_TIMEOUT", "30")), retries=0
+        )
+        self.rng = random.Random(hash(id(self)))
+
+    def on_stop(self):
+        self.client.close()
+
+    def _call(self, name: str, fn):
+        started = time.perf_counter()
+        exception = None
+        try:
+            fn()
+        except ServingError as e:
+            exception = e
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1e3,
+            response_length=0,
+            exception=exception,
+            context={"status": exception.status if exception else "OK"},
+        )
+
+
+def rank(user: ServingUser):
+    u = user.rng.choice(WORKLOAD.users)
+    user._call("rank", lambda: user.client.rank(u["history"], u["candidate_texts"]))
+
+
+def similar(user: ServingUser):
+    item, k = user.rng.choice(WORKLOAD.item_ids), user.rng.choice(WORKLOAD.ks)
+    user._call("similar", lambda: user.client.similar(item_id=item, k=k))
+
+
+def embed(user: ServingUser):
+    text = user.rng.choice(WORKLOAD.texts)
+    user._call("embed", lambda: user.client.embed([text]))
+
+
+# LLMREC_LOAD_TASKS="rank" (or "rank:3,similar:5") picks the tasks and their weights.
+WEIGHTS = {"rank": 3, "similar": 5, "embed": 2}
+TASKS = {"rank": rank, "similar": similar, "embed": embed}
+_chosen = os.environ.get("LLMREC_LOAD_TASKS", "rank,similar,embed")
+ServingUser.tasks = {
+    TASKS[name]: int(weight or WEIGHTS[name])
+    for name, _, weight in (part.partition(":") for part in _chosen.split(",") if part)
+}
+
+
+if os.environ.get("LLMREC_LOAD_SHAPE") == "spike":
+
+    class Spike(LoadTestShape):
+        """Base rate, then 3x for a while, then base again: does latency recover after the spike?"""
+
+        base = float(os.environ["LLMREC_SPIKE_BASE_RATE"])
+        peak = float(os.environ["LLMREC_SPIKE_PEAK_RATE"])
+        warm = float(os.environ.get("LLMREC_SPIKE_WARM_S", "20"))
+        hold = float(os.environ.get("LLMREC_SPIKE_PEAK_S", "30"))
+        tail = float(os.environ.get("LLMREC_SPIKE_TAIL_S", "30"))
+
+        def tick(self):
+            t = self.get_run_time()
+            if t > self.warm + self.hold + self.tail:
+                return None
+            rate = self.peak if self.warm <= t < self.warm + self.hold else self.base
+            # Users run at RATE / USERS each: the number of users sets the offered rate.
+            users = max(1, round(rate / (RATE / USERS)))
+            return users, users

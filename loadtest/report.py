@@ -1,0 +1,121 @@
+"""The load-test report: one table and PNG plots under artifacts/loadtest/, summarised in the terminal."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from llmrec.runs import table
+
+COLUMNS = (
+    "run",
+    "model",
+    "offered_rps",
+    "achieved_rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+    "mean_batch",
+)
+
+
+def rows(runs, models: list[str]) -> list[dict]:
+    out = []
+    for run in runs:
+        for model in models:
+            if model in run.locust:
+                row = run.row(model)
+                out.append({k: row[k] for k in COLUMNS})
+    return out
+
+
+def show(title: str, report_rows: list[dict]) -> str:
+    text = f"\n{title}\n{table(report_rows, '.1f')}"
+    print(text, flush=True)
+    return text
+
+
+def plot_ramp(runs, model: str, p99_bound_ms: float, path: Path) -> Path:
+    """Latency percentiles vs offered load, with the bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted((r.offered_rps, r.locust[model]) for r in runs if model in r.locust)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ax.plot([p[0] for p in points], [p[1][key] for p in points], style, label=key)
+    ax.axhline(p99_bound_ms, color="grey", linestyle="--", label=f"p99 bound {p99_bound_ms:.0f} ms")
+    ax.set(xlabel="offered load (req/s)", ylabel="latency (ms)", title=f"{model}: latency vs offered load")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_spike(run, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = run.history
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["t"] for r in h], [r["p95"] for r in h], "r-", label="p95 (ms)")
+    ax.set(xlabel="seconds", ylabel="p95 latency (ms)", title=f"spike: {run.tasks}")
+    ax2 = ax.twinx()
+    ax2.plot([r["t"] for r in h], [r["rps"] for r in h], "b-", label="req/s")
+    ax2.set_ylabel("achieved req/s")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_perf(results: dict[str, list[dict]], path: Path) -> Path:
+    """perf_analyzer: throughput vs concurrency, and queue vs compute time, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for model, levels in results.items():
+        c = [r["concurrency"] for r in levels]
+        left.plot(c, [r["throughput_rps"] for r in levels], "o-", label=model)
+        right.plot(c, [r["queue_ms"] for r in levels], "o--", label=f"{model} queue")
+        right.plot(c, [r["compute_ms"] for r in levels], "o-", label=f"{model} compute")
+    left.set(xlabel="concurrency", ylabel="req/s", title="throughput vs concurrency", xscale="log")
+    right.set(xlabel="concurrency", ylabel="ms per request", title="server queue vs compute", xscale="log")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def recovery_s(run, base_p95: float | None = None) -> float | None:
+    """Seconds after the peak ends until per-second p95 is back within 1.5x of the pre-spike level."""
+    h = [r for r in run.history if not math.isnan(r["p95"])]
+    if not h:
+        return None
+    peak_users = max(r["users"] for r in h)
+    pre = [
+        r["p95"]
+        for r in h
+        if r["users"] < peak_users and r["t"] < next(x["t"] for x in h if x["users"] == peak_users)
+    ]
+    base = base_p95 or (sorted(pre)[len(pre) // 2] if pre else None)
+    end = max(r["t"] for r in h if r["users"] == peak_users)
+    if base is None:
+        return None
+    for r in h:
+        if r["t"] > end and r["p95"] <= 1.5 * base:
+            return float(r["t"] - end)
+    return None

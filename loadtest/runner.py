@@ -1,0 +1,242 @@
+"""Drive locust headless against a server and read both sides: locust's own statistics and Triton's
+counters, scraped just before and just after each run so the server-side figures cover the same window.
+
+Scenarios:
+  steady  one rate for a duration.
+  ramp    steady steps at rising rates until p99 passes the bound, errors appear or the server stops
+          keeping up (achieved < 90% of offered); the last passing rate is the saturation point, then
+          50% and 80% of it are measured.
+  spike   a base rate, 3x the saturation rate for 30 s, then the base rate again; per-second history
+          shows whether latency recovers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmrec.server import metrics
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+
+
+@dataclass
+class Target:
+    """Where the load goes: a gRPC address and the Triton metrics URL of the same server."""
+
+    grpc_url: str
+    metrics_url: str
+
+
+@dataclass
+class RunResult:
+    label: str
+    tasks: str
+    offered_rps: float
+    duration_s: float
+    locust: dict[str, dict]  # name -> requests, failures, rps, p50/p95/p99 (ms); "Aggregated" too
+    server: dict[str, dict]  # model -> Triton's split over the same window
+    history: list[dict] = field(default_factory=list)  # per-second rows (spike)
+
+    def row(self, name: str) -> dict:
+        loc, srv = self.locust.get(name, {}), self.server.get(name, {})
+        return {
+            "run": self.label,
+            "model": name,
+            "offered_rps": round(self.offered_rps, 2),
+            "achieved_rps": round(loc.get("rps", 0.0), 2),
+            "p50_ms": loc.get("p50", math.nan),
+            "p95_ms": loc.get("p95", math.nan),
+            "p99_ms": loc.get("p99", math.nan),
+            "requests": loc.get("requests", 0),
+            "errors": loc.get("failures", 0),
+            "server_requests": int(srv.get("requests", 0)),
+            "mean_batch": round(srv.get("mean_batch", 0.0), 2),
+            "queue_ms": round(srv.get("queue_ms", 0.0), 2),
+            "compute_ms": round(
+                sum(srv.get(k, 0.0) for k in ("compute_input_ms", "compute_infer_ms", "compute_output_ms")), 2
+            ),
+        }
+
+
+def users_for(rate: float) -> int:
+    """Enough users that each one's share of the rate leaves room for slow answers."""
+    return int(min(64, max(4, math.ceil(rate * 2))))
+
+
+def _read_stats(prefix: Path) -> dict[str, dict]:
+    out = {}
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            out[row["Name"]] = {
+                "requests": int(row["Request Count"]),
+                "failures": int(row["Failure Count"]),
+                "rps": float(row["Requests/s"]),
+                "p50": float(row["50%"]) if row["50%"] not in ("", "N/A") else math.nan,
+                "p95": float(row["95%"]) if row["95%"] not in ("", "N/A") else math.nan,
+                "p99": float(row["99%"]) if row["99%"] not in ("", "N/A") else math.nan,
+            }
+    return out
+
+
+def _read_history(prefix: Path) -> list[dict]:
+    rows = []
+    path = Path(f"{prefix}_stats_history.csv")
+    if not path.is_file():
+        return rows
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["Name"] != "Aggregated":
+                continue
+            rows.append(
+                {
+                    "t": int(row["Timestamp"]),
+                    "users": int(row["User Count"]),
+                    "rps": float(row["Requests/s"]),
+                    "p95": float(row["95%"]) if row["95%"] not in ("", "N/A") else math.nan,
+                    "failures": int(row["Total Failure Count"]),
+                }
+            )
+    if rows:
+        t0 = rows[0]["t"]
+        for r in rows:
+            r["t"] -= t0
+    return rows
+
+
+def locust_run(
+    target: Target,
+    workload: Path,
+    out_dir: Path,
+    label: str,
+    tasks: str,
+    rate: float,
+    duration_s: float,
+    shape_env: dict[str, str] | None = None,
+) -> RunResult:
+    """One headless locust process, bounded by `duration_s` (and a hard timeout), against 127.0.0.1 or `target`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = out_dir / label
+    users = users_for(rate)
+    env = {
+        **os.environ,
+        "LLMREC_LOAD_WORKLOAD": str(workload),
+        "LLMREC_LOAD_TASKS": tasks,
+        "LLMREC_LOAD_RATE": str(rate),
+        "LLMREC_LOAD_USERS": str(users),
+        **(shape_env or {}),
+    }
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", target.grpc_url, "--csv", str(prefix), "--only-summary",
+        "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if not shape_env:
+        command += ["-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s"]
+    else:
+        command += ["--csv-full-history"]
+    before = metrics.scrape(target.metrics_url)
+    started = time.time()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
+    if result.returncode != 0 or not Path(f"{prefix}_stats.csv").is_file():
+        raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    time.sleep(0.5)  # let the server book the last answers
+    server = metrics.server_split(before, metrics.scrape(target.metrics_url))
+    return RunResult(
+        label=label,
+        tasks=tasks,
+        offered_rps=rate,
+        duration_s=time.time() - started,
+        locust=_read_stats(prefix),
+        server=server,
+        history=_read_history(prefix) if shape_env else [],
+    )
+
+
+def passes(run: RunResult, name: str, p99_bound_ms: float) -> bool:
+    loc = run.locust.get(name, {})
+    return (
+        loc.get("failures", 1) == 0
+        and loc.get("p99", math.inf) <= p99_bound_ms
+        and loc.get("rps", 0.0) >= 0.9 * run.offered_rps
+    )
+
+
+def ramp(
+    target: Target,
+    workload: Path,
+    out_dir: Path,
+    model: str,
+    start_rps: float,
+    p99_bound_ms: float,
+    step_s: float,
+    factor: float = 1.5,
+    max_steps: int = 12,
+    progress=print,
+) -> tuple[float | None, list[RunResult]]:
+    """Saturation point of one model, then measurements at 50% and 80% of it."""
+    runs, rate, saturation = [], start_rps, None
+    for step in range(max_steps):
+        run = locust_run(target, workload, out_dir, f"{model}-ramp{step}", model, rate, step_s)
+        runs.append(run)
+        ok = passes(run, model, p99_bound_ms)
+        progress(
+            f"  {model} @ {rate:.2f} req/s: " + _summary(run, model) + ("" if ok else "  <- over the bound")
+        )
+        if not ok:
+            break
+        saturation, rate = rate, rate * factor
+    if saturation is not None:
+        for share in (0.5, 0.8):
+            run = locust_run(
+                target,
+                workload,
+                out_dir,
+                f"{model}-at{int(share * 100)}pct",
+                model,
+                saturation * share,
+                step_s,
+            )
+            run.label = f"{model} @ {int(share * 100)}% of saturation"
+            runs.append(run)
+            progress(f"  {model} @ {share:.0%} of saturation: " + _summary(run, model))
+    return saturation, runs
+
+
+def spike(
+    target: Target, workload: Path, out_dir: Path, tasks: str, saturation: float, base_share: float = 0.5,
+    warm_s: float = 20, peak_s: float = 30, tail_s: float = 30,
+) -> RunResult:  # fmt: skip
+    base, peak = saturation * base_share, saturation * 3
+    shape = {
+        "LLMREC_LOAD_SHAPE": "spike",
+        "LLMREC_SPIKE_BASE_RATE": str(base),
+        "LLMREC_SPIKE_PEAK_RATE": str(peak),
+        "LLMREC_SPIKE_WARM_S": str(warm_s),
+        "LLMREC_SPIKE_PEAK_S": str(peak_s),
+        "LLMREC_SPIKE_TAIL_S": str(tail_s),
+    }
+    label = f"{tasks.replace(',', '+')}-spike"
+    return locust_run(target, workload, out_dir, label, tasks, base, warm_s + peak_s + tail_s, shape)
+
+
+def _summary(run: RunResult, name: str) -> str:
+    loc = run.locust.get(name, {})
+    return (
+        f"achieved {loc.get('rps', 0):.2f} req/s, p50 {loc.get('p50', math.nan):.0f} ms, "
+        f"p99 {loc.get('p99', math.nan):.0f} ms, errors {loc.get('failures', 0)}"
+    )
+
+
+def save(runs: list[RunResult], path: Path, extra: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**(extra or {}), "runs": [r.__dict__ for r in runs]}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,144 @@
+"""`llmrec loadtest`: start (or attach to) a server, run a scenario, print and save the report.
+
+Scenarios: smoke (seconds, every model; fails on any error or if locust and Triton disagree on the
+request count), steady, ramp (saturation point and the p99 at 50% / 80% of it per model), spike (3x the
+saturation rate for 30 s), perf (perf_analyzer at concurrency 1..32), full (ramp + spike + perf).
+Everything lands in artifacts/loadtest/<scenario>/: the JSON of every run, the table, PNG plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from llmrec.loadtest import perf_analyzer, report, runner
+from llmrec.loadtest.workload import Workload
+
+DEFAULT_START_RPS = {"rank": 0.5, "similar": 10.0, "embed": 5.0}
+
+
+class LoadTestFailed(RuntimeError):
+    """The smoke test saw errors or a count mismatch."""
+
+
+@contextlib.contextmanager
+def target(repo: Path | None, url: str | None, metrics_url: str | None, batching: bool, out_dir: Path):
+    """Attach to `url` (with its `metrics_url`), or start the embedded server on `repo` on 127.0.0.1."""
+    if url:
+        if not metrics_url:
+            raise ValueError("attaching to a server needs its metrics URL too (--metrics-url)")
+        yield runner.Target(url, metrics_url)
+        return
+    from llmrec.export.repository import without_batching
+    from llmrec.server.launcher import TritonServer
+
+    served = repo if batching else without_batching(repo, out_dir / "repo-no-batching")
+    with TritonServer(served, log_path=out_dir / "tritonserver.log") as server:
+        yield runner.Target(server.grpc_url, server.metrics_url)
+
+
+def counts_agree(run: runner.RunResult) -> list[str]:
+    """Per model: locust's request count (failures included) must equal Triton's over the same window."""
+    problems = []
+    for name, loc in run.locust.items():
+        if name == "Aggregated":
+            continue
+        server = int(run.server.get(name, {}).get("requests", 0))
+        if server != loc["requests"]:
+            problems.append(f"{name}: locust sent {loc['requests']} requests, Triton counted {server}")
+    return problems
+
+
+def run_suite(
+    scenario: str,
+    repo: Path | None,
+    out_dir: Path,
+    models: list[str],
+    duration_s: float,
+    rate: float | None,
+    p99_bound_ms: float,
+    batching: bool = True,
+    url: str | None = None,
+    metrics_url: str | None = None,
+    workload: Workload | None = None,
+    concurrency: list[int] | None = None,
+) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workload = workload or Workload.movielens()
+    workload_path = workload.save(out_dir / "workload.json")
+    started = time.time()
+    result: dict = {
+        "scenario": scenario,
+        "batching": batching,
+        "models": models,
+        "p99_bound_ms": p99_bound_ms,
+    }
+    runs: list[runner.RunResult] = []
+    with target(repo, url, metrics_url, batching, out_dir) as where:
+        if scenario in ("smoke", "steady"):
+            tasks = ",".join(models)
+            run = runner.locust_run(where, workload_path, out_dir, scenario, tasks, rate or 4.0, duration_s)
+            runs.append(run)
+            result["count_problems"] = counts_agree(run)
+        if scenario in ("ramp", "full"):
+            result["saturation_rps"] = {}
+            for model in models:
+                print(
+                    f"ramp: {model} (p99 bound {p99_bound_ms:.0f} ms, {duration_s:.0f} s per step)",
+                    flush=True,
+                )
+                saturation, model_runs = runner.ramp(
+                    where,
+                    workload_path,
+                    out_dir,
+                    model,
+                    rate or DEFAULT_START_RPS[model],
+                    p99_bound_ms,
+                    duration_s,
+                )
+                result["saturation_rps"][model] = saturation
+                runs += model_runs
+                if saturation:
+                    report.plot_ramp(
+                        model_runs, model, p99_bound_ms, out_dir / f"{model}-latency-vs-load.png"
+                    )
+        if scenario in ("spike", "full"):
+            for model in models:
+                saturation = (result.get("saturation_rps") or {}).get(model) or rate
+                if not saturation:
+                    raise ValueError("spike needs the saturation rate: give --rate or run the ramp first")
+                print(
+                    f"spike: {model}, base {saturation * 0.5:.2f} req/s, peak {saturation * 3:.2f} req/s for 30 s",
+                    flush=True,
+                )
+                run = runner.spike(where, workload_path, out_dir, model, saturation)
+                runs.append(run)
+                report.plot_spike(run, out_dir / f"{model}-spike.png")
+                result.setdefault("recovery_s", {})[model] = report.recovery_s(run)
+        if scenario in ("perf", "full"):
+            result["perf_analyzer"] = {}
+            for model in models:
+                levels = concurrency or ([1, 2, 4, 8] if model == "rank" else [1, 2, 4, 8, 16, 32])
+                print(f"perf_analyzer: {model} at concurrency {levels}", flush=True)
+                result["perf_analyzer"][model] = perf_analyzer.run(
+                    model, where.grpc_url, workload, out_dir / "perf", levels
+                )
+            report.plot_perf(result["perf_analyzer"], out_dir / "perf-throughput-and-split.png")
+    result["wall_s"] = round(time.time() - started, 1)
+    result["rows"] = report.rows(runs, models)
+    if result["rows"]:
+        report.show(f"Load test: {scenario} (batching {'on' if batching else 'off'})", result["rows"])
+    if result.get("perf_analyzer"):
+        for model, levels in result["perf_analyzer"].items():
+            report.show(f"perf_analyzer: {model}", levels)
+    runner.save(runs, out_dir / "runs.json", {k: v for k, v in result.items() if k != "rows"})
+    (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if scenario == "smoke":
+        errors = sum(r["errors"] for r in result["rows"])
+        if errors or result["count_problems"]:
+            raise LoadTestFailed(
+                f"smoke load test: {errors} errors; {'; '.join(result['count_problems']) or 'counts agree'}"
+            )
+    return result

@@ -1,0 +1,72 @@
+"""A short real load test in `make test`: locust gRPC users against the real tritonserver (tiny models).
+
+Fails if any request errors or if locust and the server's own counters disagree on the request count."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmrec.loadtest import perf_analyzer, runner
+from llmrec.loadtest.suite import counts_agree, run_suite
+from llmrec.loadtest.workload import Workload
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def tiny_workload(items: pd.DataFrame) -> Workload:
+    rng = np.random.default_rng(0)
+    ids = items["item_id"].tolist()
+    train = pd.DataFrame(
+        [
+            {"user_id": f"u{u}", "item_id": i, "timestamp": t}
+            for u in range(6)
+            for t, i in enumerate(rng.choice(ids, 12, replace=False))
+        ]
+    )
+    test = pd.DataFrame([{"user_id": f"u{u}", "item_id": ids[u], "timestamp": 100} for u in range(6)])
+    return Workload.from_data(items, train, test, history=5, candidates=10, ks=(3, 5))
+
+
+def test_smoke_load_has_no_errors_and_counts_agree(tiny_repo, tmp_path):
+    result = run_suite(
+        "smoke",
+        tiny_repo["repo"],
+        tmp_path,
+        ["rank", "similar", "embed"],
+        duration_s=6,
+        rate=8.0,
+        p99_bound_ms=5000,
+        workload=tiny_workload(tiny_repo["items"]),
+    )
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"rank", "similar", "embed"}
+    assert sum(r["requests"] for r in runner_rows(tmp_path)) >= 20, "a few dozen requests at least"
+    assert all(r["errors"] == 0 for r in rows.values()) and result["count_problems"] == []
+    assert all(not math.isnan(r["p99_ms"]) for r in rows.values())
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "smoke_stats.csv").is_file()
+
+
+def runner_rows(out_dir):
+    runs = json.loads((out_dir / "runs.json").read_text())["runs"]
+    return [{"requests": v["requests"]} for r in runs for k, v in r["locust"].items() if k != "Aggregated"]
+
+
+def test_count_mismatch_is_reported():
+    run = runner.RunResult(
+        "x", "rank", 1.0, 1.0, {"rank": {"requests": 5, "failures": 0}}, {"rank": {"requests": 4}}
+    )
+    assert counts_agree(run) == ["rank: locust sent 5 requests, Triton counted 4"]
+
+
+def test_perf_analyzer_csv_is_parsed(tmp_path):
+    header = (
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency"
+    )
+    (tmp_path / "pa.csv").write_text(header + "\n4,120.5,10,300,2000,100,5000,50,5,7000,9000,9500,12000\n")
+    row = perf_analyzer.parse(tmp_path / "pa.csv")
+    assert row["concurrency"] == 4 and row["throughput_rps"] == 120.5
+    assert row["queue_ms"] == 2.0 and row["compute_ms"] == pytest.approx(5.15) and row["p99_ms"] == 12.0
