@@ -71,19 +71,43 @@ def users_for(rate: float) -> int:
     return int(min(64, max(4, math.ceil(rate * 2))))
 
 
-def _read_stats(prefix: Path) -> dict[str, dict]:
-    out = {}
-    with open(f"{prefix}_stats.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            out[row["Name"]] = {
-                "requests": int(row["Request Count"]),
-                "failures": int(row["Failure Count"]),
-                "rps": float(row["Requests/s"]),
-                "p50": float(row["50%"]) if row["50%"] not in ("", "N/A") else math.nan,
-                "p95": float(row["95%"]) if row["95%"] not in ("", "N/A") else math.nan,
-                "p99": float(row["99%"]) if row["99%"] not in ("", "N/A") else math.nan,
-            }
+def _percentile(times: dict[int, int], total: int, q: float) -> float:
+    """Locust's bucketed response times {ms: count} -> the q-th percentile (ms)."""
+    if total == 0:
+        return math.nan
+    seen = 0
+    for ms in sorted(times):
+        seen += times[ms]
+        if seen >= q / 100 * total:
+            return float(ms)
+    return float(max(times))
+
+
+def _read_stats(prefix: Path, duration_s: float) -> dict[str, dict]:
+    """Final statistics from locust's --json-file (written at exit, after in-flight calls end; the
+    --csv stats file is a periodic snapshot that misses the last ones)."""
+    entries = json.loads(Path(f"{prefix}.json").read_text())
+    out: dict[str, dict] = {}
+    merged: dict[int, int] = {}
+    for e in entries:
+        times = {int(k): v for k, v in e["response_times"].items()}
+        for k, v in times.items():
+            merged[k] = merged.get(k, 0) + v
+        out[e["name"]] = _entry(e["num_requests"], e["num_failures"], times, duration_s)
+    total = sum(e["num_requests"] for e in entries)
+    out["Aggregated"] = _entry(total, sum(e["num_failures"] for e in entries), merged, duration_s)
     return out
+
+
+def _entry(requests: int, failures: int, times: dict[int, int], duration_s: float) -> dict:
+    # response_times counts successes and failures alike
+    n = sum(times.values())
+    return {
+        "requests": requests,
+        "failures": failures,
+        "rps": requests / duration_s if duration_s else 0.0,
+        **{f"p{q}": _percentile(times, n, q) for q in (50, 95, 99)},
+    }
 
 
 def _read_history(prefix: Path) -> list[dict]:
@@ -135,7 +159,7 @@ def locust_run(
     }
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", target.grpc_url, "--csv", str(prefix), "--only-summary",
+        "--host", target.grpc_url, "--csv", str(prefix), "--json-file", str(prefix), "--only-summary",
         "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
     ]  # fmt: skip
     if not shape_env:
@@ -145,7 +169,7 @@ def locust_run(
     before = metrics.scrape(target.metrics_url)
     started = time.time()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
-    if result.returncode != 0 or not Path(f"{prefix}_stats.csv").is_file():
+    if result.returncode != 0 or not Path(f"{prefix}.json").is_file():
         raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     time.sleep(0.5)  # let the server book the last answers
     server = metrics.server_split(before, metrics.scrape(target.metrics_url))
@@ -154,7 +178,7 @@ def locust_run(
         tasks=tasks,
         offered_rps=rate,
         duration_s=time.time() - started,
-        locust=_read_stats(prefix),
+        locust=_read_stats(prefix, duration_s),
         server=server,
         history=_read_history(prefix) if shape_env else [],
     )

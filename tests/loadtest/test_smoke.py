@@ -46,7 +46,7 @@ def test_smoke_load_has_no_errors_and_counts_agree(tiny_repo, tmp_path):
     assert sum(r["requests"] for r in runner_rows(tmp_path)) >= 20, "a few dozen requests at least"
     assert all(r["errors"] == 0 for r in rows.values()) and result["count_problems"] == []
     assert all(not math.isnan(r["p99_ms"]) for r in rows.values())
-    assert (tmp_path / "report.json").is_file() and (tmp_path / "smoke_stats.csv").is_file()
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "smoke.json").is_file()
 
 
 def runner_rows(out_dir):
