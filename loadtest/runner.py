@@ -171,8 +171,7 @@ def locust_run(
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
     if result.returncode != 0 or not Path(f"{prefix}.json").is_file():
         raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    time.sleep(0.5)  # let the server book the last answers
-    server = metrics.server_split(before, metrics.scrape(target.metrics_url))
+    server = metrics.server_split(before, _settled_scrape(target.metrics_url))
     return RunResult(
         label=label,
         tasks=tasks,
@@ -182,6 +181,19 @@ def locust_run(
         server=server,
         history=_read_history(prefix) if shape_env else [],
     )
+
+
+def _settled_scrape(url: str, timeout_s: float = 10.0) -> dict:
+    """Triton's counters once they stop moving: answers sent just before locust stopped get booked."""
+    deadline = time.monotonic() + timeout_s
+    last = metrics.scrape(url)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = metrics.scrape(url)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def passes(run: RunResult, name: str, p99_bound_ms: float) -> bool:
