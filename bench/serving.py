@@ -36,6 +36,7 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
     """`requests` calls spread over `concurrency` threads; each thread's `make_call()` gives its callable."""
     latencies: list[float] = []
     errors = [0]
+    first_error: list[str] = []
     lock = threading.Lock()
     counter = iter(range(requests))
 
@@ -49,9 +50,10 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
             t = time.perf_counter()
             try:
                 call(payloads[i % len(payloads)])
-            except Exception:
+            except Exception as e:  # counted and named in the output, never hidden
                 with lock:
                     errors[0] += 1
+                    first_error.append(f"{type(e).__name__}: {e}")
                 continue
             with lock:
                 latencies.append(time.perf_counter() - t)
@@ -71,6 +73,7 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
         "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
         "throughput_rps": len(latencies) / wall,
+        **({"first_error": first_error[0][:200]} if first_error else {}),
     }
 
 

@@ -125,7 +125,7 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
     torch.save({"hidden": encoder.hidden, "params": ranker.head_state()}, folder / runtime.RANKER_HEAD)
     scorer = runtime.RankScorer(folder)
     want_ids = encoder.tokenize(texts)
-    got_ids = scorer.tokenizer.batch(texts, ranker.config.max_tokens)
+    got_ids = scorer.tokenize(texts)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         if not np.array_equal(got_ids[key], want_ids[key].numpy()):
             raise ValueError(f"the serving tokenizer disagrees with training on {key}")

@@ -149,7 +149,7 @@ class RankScorer:
 
         folder = Path(folder)
         self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
-        self.tokenizer = ServingTokenizer(folder / TOKENIZER)
+        self.tokenize = ServingTokenizer(folder / TOKENIZER).padded(self.config.max_tokens)
         self.session = _session(folder / ENCODER_ONNX)
         state = torch.load(folder / RANKER_HEAD, map_location="cpu")
         hidden = int(state["hidden"])
@@ -163,7 +163,7 @@ class RankScorer:
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (n, T, H) and mask (n, T) of item texts, from the exported encoder."""
-        enc = self.tokenizer.batch(texts, self.config.max_tokens)
+        enc = self.tokenize(texts)
         feeds = {k: v for k, v in enc.items() if k in self.input_names}
         states = self.session.run(None, feeds)[0]
         return torch.from_numpy(states).to(self.device), torch.from_numpy(enc["attention_mask"]).to(

@@ -33,9 +33,9 @@ class ServingTokenizer:
     def __init__(self, folder: Path):
         from tokenizers import Tokenizer
 
-        folder = Path(folder)
+        self.folder = folder = Path(folder)
         self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.backend.no_truncation()
+        self.backend.no_truncation()  # prompts are cut segment by segment (PromptBuilder), never here
         self.backend.no_padding()
         special = json.loads((folder / SPECIAL).read_text())
         self.bos_token_id = special["bos"]
@@ -50,15 +50,24 @@ class ServingTokenizer:
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def batch(self, texts: list[str], length: int) -> dict[str, np.ndarray]:
-        """input_ids, attention_mask, token_type_ids (n, length): with special tokens, cut and padded to length."""
+    def padded(self, length: int) -> PaddedTokenizer:
+        return PaddedTokenizer(self.folder, self.pad_token_id, self.pad_token, length)
+
+
+class PaddedTokenizer:
+    """Texts -> fixed-length batches with special tokens. Its own tokenizer object, configured once: the
+    Rust tokenizer is not to be reconfigured while another thread encodes with it."""
+
+    def __init__(self, folder: Path, pad_id: int, pad_token: str, length: int):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
         self.backend.enable_truncation(length)
-        self.backend.enable_padding(length=length, pad_id=self.pad_token_id, pad_token=self.pad_token)
-        try:
-            encodings = self.backend.encode_batch(texts)
-        finally:
-            self.backend.no_truncation()
-            self.backend.no_padding()
+        self.backend.enable_padding(length=length, pad_id=pad_id, pad_token=pad_token)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """input_ids, attention_mask, token_type_ids (n, length)."""
+        encodings = self.backend.encode_batch(texts)
         return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),

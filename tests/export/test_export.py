@@ -105,3 +105,19 @@ def test_index_search_excludes_the_query_item():
     ids, scores = index.search(index.vectors_of(["a", "b"]), 2, exclude=["a", None])
     assert ids[0][0] != "a" and ids[1][0] == "b"
     assert scores.shape == (2, 2) and scores[0, 0] >= scores[0, 1]
+
+
+def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
+    """The benchmark's in-process path calls one RankScorer from 8 threads (found: a shared Rust tokenizer
+    reconfigured per call raised 'Already borrowed')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmrec.training.encoders import item_text
+
+    texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
+    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank" / "1")
+    want = scorer.score([(texts[:5], texts[5:25])])[0]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: scorer.score([(texts[:5], texts[5:25])])[0], range(32)))
+    for got in results:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
