@@ -17,6 +17,7 @@ import os
 import random
 import time
 
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 from locust import LoadTestShape, User, constant_throughput, events
 
@@ -46,6 +47,9 @@ class ServingUser(User):
             self.host, timeout=float(os.environ.get("LLMREC_LOAD_TIMEOUT", "30")), retries=0
         )
         self.rng = random.Random(hash(id(self)))
+        # Start at a random point of the user's period: users that all fire at t=0 would arrive in
+        # synchronised waves (a burst of USERS concurrent calls every USERS / RATE seconds), not at RATE.
+        gevent.sleep(self.rng.uniform(0, USERS / RATE))
 
     def on_stop(self):
         self.client.close()
