@@ -19,7 +19,7 @@ import time
 
 import gevent
 import grpc.experimental.gevent as grpc_gevent
-from locust import LoadTestShape, User, constant_throughput, events
+from locust import LoadTestShape, User, events
 
 grpc_gevent.init_gevent()  # grpc's blocking calls yield to gevent, so one process runs many users
 
@@ -38,18 +38,25 @@ def _load_workload(environment, **_):
 
 
 class ServingUser(User):
-    """One client connection; `wait_time` spreads the offered rate evenly over the users."""
+    """One client connection sending a Poisson stream at RATE / USERS requests per second.
 
-    wait_time = constant_throughput(RATE / USERS)
+    Arrival times are scheduled ahead (exponential gaps), not counted from the last answer, so users never
+    fall into step (locust's constant_throughput counts from the user's start and re-synchronised them into
+    bursts), and a slow answer does not lower the offered rate: the next call is due on schedule."""
+
+    per_user_rps = RATE / USERS
+
+    def wait_time(self) -> float:
+        self.next_at += self.rng.expovariate(self.per_user_rps)
+        return max(0.0, self.next_at - time.monotonic())
 
     def on_start(self):
         self.client = RankingClient(
             self.host, timeout=float(os.environ.get("LLMREC_LOAD_TIMEOUT", "30")), retries=0
         )
-        self.rng = random.Random(hash(id(self)))
-        # Start at a random point of the user's period: users that all fire at t=0 would arrive in
-        # synchronised waves (a burst of USERS concurrent calls every USERS / RATE seconds), not at RATE.
-        gevent.sleep(self.rng.uniform(0, USERS / RATE))
+        self.rng = random.Random()
+        self.next_at = time.monotonic() + self.rng.expovariate(self.per_user_rps)
+        gevent.sleep(self.next_at - time.monotonic())  # the first arrival, too, is a Poisson arrival
 
     def on_stop(self):
         self.client.close()
@@ -112,6 +119,6 @@ if os.environ.get("LLMREC_LOAD_SHAPE") == "spike":
             if t > self.warm + self.hold + self.tail:
                 return None
             rate = self.peak if self.warm <= t < self.warm + self.hold else self.base
-            # Users run at RATE / USERS each: the number of users sets the offered rate.
+            # Each user offers RATE / USERS req/s: the number of users sets the offered rate.
             users = max(1, round(rate / (RATE / USERS)))
             return users, users
