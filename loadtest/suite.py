@@ -16,7 +16,7 @@ from pathlib import Path
 from llmrec.loadtest import perf_analyzer, report, runner
 from llmrec.loadtest.workload import Workload
 
-DEFAULT_START_RPS = {"rank": 0.25, "similar": 10.0, "embed": 5.0}
+DEFAULT_START_RPS = {"rank": 0.5, "similar": 10.0, "embed": 5.0}
 
 
 class LoadTestFailed(RuntimeError):
