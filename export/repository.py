@@ -7,7 +7,7 @@
     <repo>/<model>/warmup/...            warm-up requests named in config.pbtxt
 
 Every graph is checked against PyTorch before it is written (parity.py); the report goes to
-<artifacts>/export/parity.json. A new `similar` version holds a new index; loading it replaces the
+<artifacts>/export/parity-v<version>.json (`llmrec export`). A new `similar` version holds a new index; loading it replaces the
 served one (version_policy latest 1), and a bad index fails that load while the old version keeps serving.
 """
 
