@@ -63,6 +63,10 @@ class ServingUser(User):
         self.client.close()
 
     def _call(self, name: str, fn):
+        # Yield once before sending. Locust stops a waiting user by killing its greenlet, and the kill is
+        # delivered at the user's next switch: a user whose sleep had just ended would otherwise send the call
+        # and be killed inside it, so Triton answers a call locust never books (and grpc is left mid-call).
+        gevent.sleep(0)
         started = time.perf_counter()
         exception = None
         try:

@@ -135,6 +135,10 @@ def _read_history(prefix: Path) -> list[dict]:
     return rows
 
 
+CALL_TIMEOUT_S = 30  # a call not answered by then counts as a failure (DEADLINE_EXCEEDED)
+STOP_TIMEOUT_S = CALL_TIMEOUT_S + 5  # at the end, calls in flight finish (or time out) and are counted, never killed
+
+
 def locust_run(
     target: Target,
     workload: Path,
@@ -155,12 +159,13 @@ def locust_run(
         "LLMREC_LOAD_TASKS": tasks,
         "LLMREC_LOAD_RATE": str(rate),
         "LLMREC_LOAD_USERS": str(users),
+        "LLMREC_LOAD_TIMEOUT": str(CALL_TIMEOUT_S),
         **(shape_env or {}),
     }
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", target.grpc_url, "--csv", str(prefix), "--json-file", str(prefix), "--only-summary",
-        "--stop-timeout", "10", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+        "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0", "--loglevel", "WARNING",
     ]  # fmt: skip
     if not shape_env:
         command += ["-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s"]
@@ -168,7 +173,13 @@ def locust_run(
         command += ["--csv-full-history"]
     before = metrics.scrape(target.metrics_url)
     started = time.time()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
+    limit_s = duration_s + STOP_TIMEOUT_S + 60
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")[-3000:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        raise RuntimeError(f"locust ({label}) did not stop within {limit_s:.0f} s; its log ends:\n{tail}") from e
     if result.returncode != 0 or not Path(f"{prefix}.json").is_file():
         raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     server = metrics.server_split(before, _settled_scrape(target.metrics_url))
