@@ -136,7 +136,8 @@ def _read_history(prefix: Path) -> list[dict]:
 
 
 CALL_TIMEOUT_S = 30  # a call not answered by then counts as a failure (DEADLINE_EXCEEDED)
-STOP_TIMEOUT_S = CALL_TIMEOUT_S + 5  # at the end, calls in flight finish (or time out) and are counted, never killed
+# At the end, calls in flight finish (or time out) and are counted, never killed.
+STOP_TIMEOUT_S = CALL_TIMEOUT_S + 5
 
 
 def locust_run(
@@ -179,7 +180,9 @@ def locust_run(
     except subprocess.TimeoutExpired as e:
         tail = (e.stderr or b"")[-3000:]
         tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        raise RuntimeError(f"locust ({label}) did not stop within {limit_s:.0f} s; its log ends:\n{tail}") from e
+        raise RuntimeError(
+            f"locust ({label}) did not stop within {limit_s:.0f} s; its log ends:\n{tail}"
+        ) from e
     if result.returncode != 0 or not Path(f"{prefix}.json").is_file():
         raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     server = metrics.server_split(before, _settled_scrape(target.metrics_url))
