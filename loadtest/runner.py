@@ -263,7 +263,7 @@ def ramp(
                 f"{model}-at{int(share * 100)}pct",
                 model,
                 saturation * share,
-                step_s,
+                _step_s(saturation * share, step_s),
             )
             run.label = f"{model} @ {int(share * 100)}% of saturation"
             runs.append(run)
