@@ -163,10 +163,12 @@ def locust_run(
         "LLMREC_LOAD_TIMEOUT": str(CALL_TIMEOUT_S),
         **(shape_env or {}),
     }
+    log_path = out_dir / f"{label}.locust.log"
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", target.grpc_url, "--csv", str(prefix), "--json-file", str(prefix), "--only-summary",
-        "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0", "--loglevel", "WARNING",
+        "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
+        "--loglevel", "INFO", "--logfile", str(log_path),
     ]  # fmt: skip
     if not shape_env:
         command += ["-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s"]
@@ -174,17 +176,7 @@ def locust_run(
         command += ["--csv-full-history"]
     before = metrics.scrape(target.metrics_url)
     started = time.time()
-    limit_s = duration_s + STOP_TIMEOUT_S + 60
-    try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit_s)
-    except subprocess.TimeoutExpired as e:
-        tail = (e.stderr or b"")[-3000:]
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        raise RuntimeError(
-            f"locust ({label}) did not stop within {limit_s:.0f} s; its log ends:\n{tail}"
-        ) from e
-    if result.returncode != 0 or not Path(f"{prefix}.json").is_file():
-        raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    _run_locust(command, env, Path(f"{prefix}.json"), log_path, label, duration_s + STOP_TIMEOUT_S + 60)
     server = metrics.server_split(before, _settled_scrape(target.metrics_url))
     return RunResult(
         label=label,
@@ -195,6 +187,61 @@ def locust_run(
         server=server,
         history=_read_history(prefix) if shape_env else [],
     )
+
+
+EXIT_GRACE_S = 15.0
+
+
+def _run_locust(
+    command: list[str], env: dict, results: Path, log_path: Path, label: str, limit_s: float,
+    grace_s: float = EXIT_GRACE_S,
+):  # fmt: skip
+    """Run locust until it exits, or until `limit_s`.
+
+    Locust writes its results file only after every user has stopped and its statistics are final. A
+    process that has written it but then stalls on the way out (grpc's teardown under gevent did so on
+    rare runs) is stopped after `grace_s` and its results are used; one that never writes them fails
+    with its log."""
+    results.unlink(missing_ok=True)
+    with open(log_path.with_suffix(".out"), "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline, written_at = time.monotonic() + limit_s, None
+        while process.poll() is None:
+            now = time.monotonic()
+            if written_at is None and _complete_json(results):
+                written_at = now
+            if now > deadline or (written_at is not None and now - written_at > grace_s):
+                process.kill()
+                process.wait()
+                if written_at is None:
+                    raise RuntimeError(
+                        f"locust ({label}) did not finish within {limit_s:.0f} s; its log ends:\n"
+                        + _tail(log_path)
+                    )
+                print(f"  locust ({label}) wrote its results but did not exit; stopped it", flush=True)
+                return
+            time.sleep(0.2)
+    if process.returncode != 0 or not _complete_json(results):
+        raise RuntimeError(
+            f"locust ({label}) failed (exit {process.returncode}); its log ends:\n"
+            + _tail(log_path.with_suffix(".out"))
+            + _tail(log_path)
+        )
+
+
+def _complete_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 def _settled_scrape(url: str, timeout_s: float = 10.0) -> dict:

@@ -4,6 +4,9 @@ Fails if any request errors or if locust and the server's own counters disagree 
 
 import json
 import math
+import os
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -12,8 +15,6 @@ import pytest
 from llmrec.loadtest import perf_analyzer, runner
 from llmrec.loadtest.suite import counts_agree, run_suite
 from llmrec.loadtest.workload import Workload
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def tiny_workload(items: pd.DataFrame) -> Workload:
@@ -30,6 +31,8 @@ def tiny_workload(items: pd.DataFrame) -> Workload:
     return Workload.from_data(items, train, test, history=5, candidates=10, ks=(3, 5))
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_smoke_load_has_no_errors_and_counts_agree(tiny_repo, tmp_path):
     result = run_suite(
         "smoke",
@@ -70,3 +73,27 @@ def test_perf_analyzer_csv_is_parsed(tmp_path):
     row = perf_analyzer.parse(tmp_path / "pa.csv")
     assert row["concurrency"] == 4 and row["throughput_rps"] == 120.5
     assert row["queue_ms"] == 2.0 and row["compute_ms"] == pytest.approx(5.15) and row["p99_ms"] == 12.0
+
+
+def _fake_locust(tmp_path, code: str, limit_s: float):
+    results, log = tmp_path / "x.json", tmp_path / "x.locust.log"
+    log.write_text("last words of the fake locust\n")
+    command = [sys.executable, "-c", code.format(results=results)]
+    runner._run_locust(command, dict(os.environ), results, log, "x", limit_s=limit_s, grace_s=0.5)
+
+
+def test_a_locust_that_stalls_after_writing_its_results_is_stopped(tmp_path):
+    started = time.monotonic()
+    code = "import json, time; open(r'{results}', 'w').write(json.dumps([])); time.sleep(60)"
+    _fake_locust(tmp_path, code, limit_s=60)
+    assert time.monotonic() - started < 10
+
+
+def test_a_locust_that_never_finishes_fails_with_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="did not finish within 1 s(.|\n)*last words"):
+        _fake_locust(tmp_path, "import time; time.sleep(60)", limit_s=1)
+
+
+def test_a_locust_that_fails_shows_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="exit 3(.|\n)*last words"):
+        _fake_locust(tmp_path, "raise SystemExit(3)", limit_s=30)
