@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 # (`make train-notellm` runs the full preset, the one docs/RESULTS.md reports).
 demo: setup  ## the main job, end to end, on the CPU (< 15 min)
 	$(LLMREC) data stats
-	$(LLMREC) train notellm --preset cpu --steps 150
+	$(LLMREC) train notellm --preset cpu --steps 90
 	$(LLMREC) embed
-	$(LLMREC) train eaar --strategy eaar --preset cpu --teacher notellm
+	$(LLMREC) train eaar --strategy eaar --preset cpu --teacher notellm --steps 100
 	$(LLMREC) export
 	$(LLMREC) serve-demo --calls 20
 
