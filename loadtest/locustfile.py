@@ -59,9 +59,9 @@ class ServingUser(User):
         self.next_at = time.monotonic() + self.rng.uniform(0, 1.0 / self.per_user_rps)  # the phase
         gevent.sleep(self.next_at - time.monotonic())
 
-    # No on_stop closing the channel: the process ends with the test, and closing a grpc channel under
-    # gevent is the one step of the shutdown that can block (the runner stops a locust that stalls after
-    # writing its results).
+    # No on_stop closing the channel: the process ends with the test, and grpc teardown under gevent is
+    # the suspect of rare stalls at stop (seen in CI, not reproduced; the runner stops a locust that
+    # stalls after writing its results).
 
     def _call(self, name: str, fn):
         # Yield once before sending. Locust stops a waiting user by killing its greenlet, and the kill is
