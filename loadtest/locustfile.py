@@ -13,8 +13,11 @@ LLMREC_LOAD_SHAPE=spike with LLMREC_SPIKE_{BASE,PEAK}_RATE and LLMREC_SPIKE_{WAR
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import random
+import sys
 import time
 
 import gevent
@@ -35,6 +38,24 @@ WORKLOAD: Workload | None = None
 def _load_workload(environment, **_):
     global WORKLOAD
     WORKLOAD = Workload.load()
+
+
+@events.quit.add_listener
+def _exit_without_grpc_teardown(exit_code: int, **_):
+    """Leave without the interpreter's teardown once locust has written everything.
+
+    grpc's teardown under gevent stalled locust after its results were written (often with open
+    channels, rarely in CI with closed ones). `quit` fires after the JSON results and before the CSV files
+    are closed and sys.exit runs its exit hooks; a hook registered now runs first, after the CSV files are
+    closed, and ends the process with locust's exit code."""
+
+    def _exit():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+    atexit.register(_exit)
 
 
 class ServingUser(User):
@@ -59,9 +80,8 @@ class ServingUser(User):
         self.next_at = time.monotonic() + self.rng.uniform(0, 1.0 / self.per_user_rps)  # the phase
         gevent.sleep(self.next_at - time.monotonic())
 
-    # No on_stop closing the channel: the process ends with the test, and grpc teardown under gevent is
-    # the suspect of rare stalls at stop (seen in CI, not reproduced; the runner stops a locust that
-    # stalls after writing its results).
+    def on_stop(self):
+        self.client.close()
 
     def _call(self, name: str, fn):
         # Yield once before sending. Locust stops a waiting user by killing its greenlet, and the kill is
