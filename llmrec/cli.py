@@ -488,7 +488,12 @@ def loadtest(
         float | None,
         typer.Option(help="Offered req/s (steady), the ramp's first step, or the spike's saturation."),
     ] = None,
-    p99_bound_ms: Annotated[float, typer.Option(help="The ramp's latency bound.")] = 2000.0,
+    p99_bound_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="The ramp's p99 bound for every model (default: rank 2000, similar 100, embed 200)."
+        ),
+    ] = None,
     batching: Annotated[
         bool, typer.Option(help="Dynamic batching as exported (--no-batching: a copy without).")
     ] = True,

@@ -285,12 +285,13 @@ def ramp(
     factor: float = 1.5,
     max_steps: int = 12,
     progress=print,
-) -> tuple[float | None, list[RunResult]]:
-    """Saturation point of one model, then measurements at 50% and 80% of it.
+) -> tuple[float | None, bool, list[RunResult]]:
+    """Saturation point of one model (and whether a step failed: if none did within `max_steps`, the last
+    rate is only a lower bound), then measurements at 50% and 80% of it.
 
     Offered rates are exact (users send on a fixed schedule), so `achieved < 90% of offered` means the
     server did not keep up within the step."""
-    runs, rate, saturation = [], start_rps, None
+    runs, rate, saturation, reached = [], start_rps, None, False
     for step in range(max_steps):
         run = locust_run(target, workload, out_dir, f"{model}-ramp{step}", model, rate, _step_s(rate, step_s))
         runs.append(run)
@@ -299,8 +300,11 @@ def ramp(
             f"  {model} @ {rate:.2f} req/s: " + _summary(run, model) + ("" if ok else "  <- over the bound")
         )
         if not ok:
+            reached = True
             break
         saturation, rate = rate, rate * factor
+    if not reached:
+        progress(f"  {model}: no step failed in {max_steps}; {saturation:.2f} req/s is a lower bound")
     if saturation is not None:
         for share in (0.5, 0.8):
             run = locust_run(
@@ -315,7 +319,7 @@ def ramp(
             run.label = f"{model} @ {int(share * 100)}% of saturation"
             runs.append(run)
             progress(f"  {model} @ {share:.0%} of saturation: " + _summary(run, model))
-    return saturation, runs
+    return saturation, reached, runs
 
 
 def spike(
