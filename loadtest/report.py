@@ -88,10 +88,18 @@ def plot_perf(results: dict[str, list[dict]], path: Path) -> Path:
     for model, levels in results.items():
         c = [r["concurrency"] for r in levels]
         left.plot(c, [r["throughput_rps"] for r in levels], "o-", label=model)
-        right.plot(c, [r["queue_ms"] for r in levels], "o--", label=f"{model} queue")
-        right.plot(c, [r["compute_ms"] for r in levels], "o-", label=f"{model} compute")
-    left.set(xlabel="concurrency", ylabel="req/s", title="throughput vs concurrency", xscale="log")
-    right.set(xlabel="concurrency", ylabel="ms per request", title="server queue vs compute", xscale="log")
+        color = left.get_lines()[-1].get_color()
+        # Queue time is 0 without batching at concurrency 1: clipped to 0.01 ms to stay on the log axis.
+        right.plot(c, [max(r["queue_ms"], 0.01) for r in levels], "o--", color=color, label=f"{model} queue")
+        right.plot(c, [r["compute_ms"] for r in levels], "o-", color=color, label=f"{model} compute")
+    # Log axes: rank (~1 req/s, ~1 s) and similar (~1000 req/s, ~ms) on one figure.
+    left.set(
+        xlabel="concurrency", ylabel="req/s", title="throughput vs concurrency", xscale="log", yscale="log"
+    )
+    right.set(
+        xlabel="concurrency", ylabel="ms per request", title="server queue (dashed) vs compute", xscale="log",
+        yscale="log",
+    )  # fmt: skip
     left.legend()
     right.legend()
     fig.tight_layout()
