@@ -7,9 +7,9 @@ error and the others are scored.
 
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from llmrec.server.batch import run_batch
 from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
 from llmrec.server.runtime import RankScorer
 
@@ -28,27 +28,10 @@ class TritonPythonModel:
         self.scorer = RankScorer(Path(args["model_repository"]) / args["model_version"])
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        parsed = []  # (request position, users)
-        for i, request in enumerate(requests):
-            try:
-                history = _texts(request, "HISTORY", MAX_HISTORY)
-                candidates = _texts(request, "CANDIDATES", MAX_CANDIDATES)
-                parsed.append((i, list(zip(history, candidates, strict=True))))
-            except BadRequest as e:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-                )
-        try:
-            scores = self.scorer.score([user for _, users in parsed for user in users])
-        except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
-            error = pb_utils.TritonError(f"rank failed: {type(e).__name__}: {e}")
-            for i, _ in parsed:
-                responses[i] = pb_utils.InferenceResponse(error=error)
-            return responses
-        start = 0
-        for i, users in parsed:
-            out = np.stack(scores[start : start + len(users)]).astype(np.float32)
-            start += len(users)
-            responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("SCORES", out)])
-        return responses
+        return run_batch(requests, _users, self.scorer.score, "SCORES", "rank")
+
+
+def _users(request):
+    history = _texts(request, "HISTORY", MAX_HISTORY)
+    candidates = _texts(request, "CANDIDATES", MAX_CANDIDATES)
+    return list(zip(history, candidates, strict=True))
