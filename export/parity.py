@@ -33,10 +33,15 @@ def batches(texts: list, sizes: tuple[int, ...] = (1, 4, 16)) -> list[list]:
     return out
 
 
-def summary(rows: list[dict]) -> dict:
-    return {
+def summary(rows: list[dict], graph: str) -> dict:
+    """The parity report of one graph; raises if any row is outside its tolerance (nothing gets published)."""
+    report = {
         "rows": rows,
         "max_abs": max(r["max_abs"] for r in rows),
         "max_rel": max(r["max_rel"] for r in rows),
         "ok": all(r["ok"] for r in rows),
     }
+    if not report["ok"]:
+        tolerance = max(r["tolerance"] for r in rows)
+        raise ValueError(f"the {graph} graph differs from PyTorch by {report['max_abs']:.2e} > {tolerance}")
+    return report

@@ -121,3 +121,11 @@ def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
         results = list(pool.map(lambda _: scorer.score([(texts[:5], texts[5:25])])[0], range(32)))
     for got in results:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_outside_tolerance_refuses_the_graph():
+    good = parity.compare(np.zeros(3), np.zeros(3), parity.FP32_TOLERANCE)
+    bad = parity.compare(np.full(3, 1e-3), np.zeros(3), parity.FP32_TOLERANCE)
+    assert parity.summary([good], "embed")["ok"]
+    with pytest.raises(ValueError, match=r"the embed graph differs from PyTorch by 1.00e-03 > 0.0001"):
+        parity.summary([good, bad], "embed")
