@@ -26,8 +26,28 @@ def run_batch(
     result row each, and request i gets its rows' results as the FP32 tensor `output`."""
     import triton_python_backend_utils as pb_utils
 
+    responses, parsed = parse_each(requests, parse)
+    if not parsed:
+        return responses
+    try:
+        results = compute([row for _, rows in parsed for row in rows])
+    except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
+        return fail_batch(responses, parsed, what, e)
+    start = 0
+    for i, rows in parsed:
+        out = np.ascontiguousarray(np.asarray(results[start : start + len(rows)]), dtype=np.float32)
+        start += len(rows)
+        responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(output, out)])
+    return responses
+
+
+def parse_each(requests: list, parse: Callable[[object], object]) -> tuple[list, list]:
+    """(responses, parsed): an INVALID_ARG error response for each request `parse` refuses (BadRequest),
+    None for the others, and (position, parse(request)) for each of those."""
+    import triton_python_backend_utils as pb_utils
+
     responses: list = [None] * len(requests)
-    parsed = []  # (request position, rows)
+    parsed = []
     for i, request in enumerate(requests):
         try:
             parsed.append((i, parse(request)))
@@ -35,18 +55,14 @@ def run_batch(
             responses[i] = pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
             )
-    if not parsed:
-        return responses
-    try:
-        results = compute([row for _, rows in parsed for row in rows])
-    except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
-        error = pb_utils.TritonError(f"{what} failed: {type(e).__name__}: {e}")
-        for i, _ in parsed:
-            responses[i] = pb_utils.InferenceResponse(error=error)
-        return responses
-    start = 0
-    for i, rows in parsed:
-        out = np.ascontiguousarray(np.asarray(results[start : start + len(rows)]), dtype=np.float32)
-        start += len(rows)
-        responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(output, out)])
+    return responses, parsed
+
+
+def fail_batch(responses: list, parsed: list, what: str, error: Exception) -> list:
+    """The batch's computation failed: every parsed request gets the reason; the model stays up."""
+    import triton_python_backend_utils as pb_utils
+
+    failure = pb_utils.TritonError(f"{what} failed: {type(error).__name__}: {error}")
+    for i, _ in parsed:
+        responses[i] = pb_utils.InferenceResponse(error=failure)
     return responses

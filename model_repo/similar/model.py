@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from llmrec.server.batch import fail_batch, parse_each
 from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, decode_text
 from llmrec.server.runtime import ItemIndex
 
@@ -52,37 +53,26 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        parsed = []  # (request position, k, vectors or raw texts, excluded ids)
-        for i, request in enumerate(requests):
-            try:
-                parsed.append((i, *self._parse(request)))
-            except BadRequest as e:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-                )
+        responses, parsed = parse_each(requests, self._parse)  # (position, (k, vectors or texts, excluded))
         if not parsed:
             return responses
         try:
-            texts = [t for _, _, q, ex in parsed if ex[0] is None for t in q]
+            texts = [t for _, (_, q, ex) in parsed if ex[0] is None for t in q]
             embedded = self._embed(texts) if texts else None
             queries, start = [], 0
-            for _, _, q, ex in parsed:
+            for _, (_, q, ex) in parsed:
                 if ex[0] is None:
                     queries.append(embedded[start : start + len(q)])
                     start += len(q)
                 else:
                     queries.append(q)
-            k_max = max(k for _, k, _, _ in parsed)
-            exclude = [e for _, _, _, ex in parsed for e in ex]
+            k_max = max(k for _, (k, _, _) in parsed)
+            exclude = [e for _, (_, _, ex) in parsed for e in ex]
             ids, scores = self.index.search(np.concatenate(queries), k_max, exclude)
         except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
-            error = pb_utils.TritonError(f"similar failed: {type(e).__name__}: {e}")
-            for i, *_ in parsed:
-                responses[i] = pb_utils.InferenceResponse(error=error)
-            return responses
+            return fail_batch(responses, parsed, "similar", e)
         row = 0
-        for i, k, q, _ in parsed:
+        for i, (k, q, _) in parsed:
             rows = slice(row, row + len(q))
             row += len(q)
             out_ids = np.array([r[:k] for r in ids[rows]], dtype=np.object_)
