@@ -164,11 +164,16 @@ class TritonServer:
             return "(no log)"
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        """Models ready and every endpoint listening: Triton starts its metrics service after
+        answering ready on HTTP (tens of ms later), so a scrape right after readiness could be refused."""
+        for url in (f"http://{self.http_url}/v2/health/ready", self.metrics_url):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+        return True
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout

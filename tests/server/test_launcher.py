@@ -1,0 +1,43 @@
+"""The launcher's readiness check, against plain HTTP servers standing in for Triton's endpoints."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from llmrec.server.launcher import TritonServer, free_port
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    servers = []
+
+    def start() -> int:
+        server = HTTPServer(("127.0.0.1", 0), _Ok)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_not_ready_until_the_metrics_endpoint_listens(tmp_path, endpoint):
+    # Triton answers ready on HTTP tens of ms before its metrics service listens (CI scraped in between).
+    http_port = endpoint()
+    server = TritonServer(tmp_path, http_port=http_port, metrics_port=free_port())
+    assert not server.is_ready()
+    server.metrics_port = endpoint()
+    assert server.is_ready()
