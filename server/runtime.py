@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ RANKER_HEAD = "head.pt"  # the head's parameters
 TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
 INDEX_VECTORS = "index.npy"
 INDEX_IDS = "index.ids.json"
+
+# Items whose rank vectors stay cached per model instance (LLMREC_RANK_CACHE_ITEMS overrides; 0 turns it off).
+RANK_CACHE_ITEMS = 20_000
 
 
 def _session(path: Path):
@@ -141,10 +146,60 @@ class ItemIndex:
         return [[self.ids[r] for r in row] for row in rows], scores.cpu().numpy()
 
 
-class RankScorer:
-    """EaaR online: item texts -> exported BERT encoder -> the trained head (pooling, user attention, dot)."""
+class VectorCache:
+    """Least-recently-used map of item text -> item vector, bounded in entries; counts hits and misses.
 
-    def __init__(self, folder: Path):
+    Not an approximation: an item's vector depends only on its text and the version's weights (up to the
+    float rounding of the batch it was computed in), and a cache lives in one model instance, which serves
+    one version.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 0:
+            raise ValueError(f"cache capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.lock = threading.Lock()  # the in-process benchmark shares one scorer between threads
+
+    def lookup(self, texts: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """(the cached vectors among `texts`, the texts still to compute); distinct texts in, counted once."""
+        found, missing = {}, []
+        with self.lock:
+            for text in texts:
+                vector = self.entries.get(text)
+                if vector is None:
+                    missing.append(text)
+                else:
+                    self.entries.move_to_end(text)
+                    found[text] = vector
+            self.hits += len(found)
+            self.misses += len(missing)
+        return found, missing
+
+    def store(self, texts: list[str], vectors: torch.Tensor) -> None:
+        if self.capacity == 0:
+            return
+        with self.lock:
+            for text, vector in zip(texts[-self.capacity :], vectors[-self.capacity :], strict=True):
+                self.entries[text] = vector.clone()  # a row view would keep its whole batch alive
+                self.entries.move_to_end(text)
+            while len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class RankScorer:
+    """EaaR online: item texts -> exported BERT encoder -> the trained head (pooling, user attention, dot).
+
+    Item vectors are cached by text (VectorCache): a catalogue item is encoded once per model instance,
+    so after warm-up a request costs the user attention and the dot products, not a BERT pass per item.
+    """
+
+    def __init__(self, folder: Path, cache_items: int | None = None):
         from llmrec.training.eaar.model import Ranker, RankerConfig
 
         folder = Path(folder)
@@ -160,6 +215,9 @@ class RankScorer:
             self.head.cuda()
         self.device = next(self.head.parameters()).device
         self.input_names = {i.name for i in self.session.get_inputs()}
+        if cache_items is None:
+            cache_items = int(os.environ.get("LLMREC_RANK_CACHE_ITEMS", RANK_CACHE_ITEMS))
+        self.cache = VectorCache(cache_items)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (n, T, H) and mask (n, T) of item texts, from the exported encoder."""
@@ -172,9 +230,14 @@ class RankScorer:
 
     @torch.no_grad()
     def item_vectors(self, texts: list[str]) -> torch.Tensor:
-        tokens, mask = self.encode(texts)
-        vectors, _ = self.head.pool_items(tokens, mask)
-        return vectors
+        """(n, D) vectors of distinct item texts: cached ones looked up, the rest in one encoder pass."""
+        found, missing = self.cache.lookup(texts)
+        if missing:
+            tokens, mask = self.encode(missing)
+            computed, _ = self.head.pool_items(tokens, mask)
+            self.cache.store(missing, computed)
+            found.update(zip(missing, computed, strict=True))
+        return torch.stack([found[t] for t in texts])
 
     @torch.no_grad()
     def score(self, users: list[tuple[list[str], list[str]]]) -> list[np.ndarray]:

@@ -108,5 +108,5 @@ def test_dashboard_covers_rate_latency_queue_compute_and_batch():
 def test_dashboard_client_metrics_exist_in_the_client():
     from llmrec.server.metrics import REQUEST_SECONDS
 
-    client_names = {m for m in dashboard_metrics() if m.startswith("llmrec_")}
+    client_names = {m for m in dashboard_metrics() if m.startswith("llmrec_client_")}
     assert {n.removesuffix("_bucket").removesuffix("_count") for n in client_names} == {REQUEST_SECONDS._name}

@@ -4,11 +4,13 @@ model over gRPC and HTTP, bad requests, mixed batches, metrics and index version
 import asyncio
 import json
 import shutil
+import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmrec.server import metrics, runtime
 from llmrec.server.client import AsyncRankingClient, RankingClient, ServingError
@@ -65,6 +67,23 @@ def test_rank_over_grpc_matches_the_runtime(served):
     local = runtime.RankScorer(served["repo"] / "rank" / "1").score([(history, candidates)])[0]
     assert scores.shape == (6,)
     np.testing.assert_allclose(scores, local, rtol=1e-4, atol=1e-4)
+
+
+def test_rank_caches_item_vectors_and_reports_it(served):
+    history, candidates = texts(served, 3, start=20), texts(served, 5, start=25)
+    first = served["client"].rank(history, candidates)  # 8 new texts: misses
+    again = served["client"].rank(history, candidates)  # the same 8: hits
+    np.testing.assert_allclose(again, first, rtol=1e-6, atol=1e-6)
+    counts = {}
+    for family in text_string_to_metric_families(
+        urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
+    ):
+        for sample in family.samples:
+            if sample.name.startswith("llmrec_rank_item_cache"):
+                counts[(sample.name, sample.labels.get("result"))] = sample.value
+    assert counts[("llmrec_rank_item_cache_lookups_total", "hit")] >= 8
+    assert counts[("llmrec_rank_item_cache_lookups_total", "miss")] >= 8
+    assert counts[("llmrec_rank_item_cache_items", None)] >= 8
 
 
 def test_every_model_over_http(served):
@@ -152,8 +171,6 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(served):
 
 def test_metrics_endpoint_counts_requests_with_latency_summaries(served):
     served["client"].similar(item_id="2", k=3)
-    import urllib.request
-
     text = urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
     assert 'nv_inference_request_success{model="similar"' in text
     assert "nv_inference_queue_duration_us" in text and "nv_inference_request_summary_us" in text
@@ -191,10 +208,10 @@ def test_launcher_refuses_a_missing_repository(tmp_path):
 
 
 def test_every_triton_metric_on_the_dashboard_is_exported_by_the_server(served):
-    import urllib.request
-
     from tests.deploy.test_compose import dashboard_metrics
 
+    served["client"].rank(texts(served, 2), texts(served, 2, start=5))  # rank's cache metrics exist
     text = urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
-    missing = [m for m in dashboard_metrics() if m.startswith("nv_") and m not in text]
+    server_side = ("nv_", "llmrec_rank_")
+    missing = [m for m in dashboard_metrics() if m.startswith(server_side) and m not in text]
     assert not missing, f"the Grafana dashboard queries metrics the server does not export: {missing}"
