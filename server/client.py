@@ -2,6 +2,7 @@
 
     client = RankingClient("127.0.0.1:8001")
     client.similar(item_id="1", k=10)            # [Neighbour(item_id, score), ...], best first
+    client.similar(text="Heat (1995)", k=10)     # or a text, or vector=np.ndarray of the index's dimension
     client.rank(history=[...], candidates=[...]) # one score per candidate
     client.embed(["Toy Story (1995)"])           # (n, d) L2-normalised
 
@@ -57,12 +58,21 @@ def embed_request(texts: list[str]) -> tuple[str, list, list[str]]:
     return contract.EMBED.name, [_bytes_input("TEXT", [[t] for t in texts])], ["VECTOR"]
 
 
-def similar_request(item_id: str | None, text: str | None, k: int) -> tuple[str, list, list[str]]:
-    if (item_id is None) == (text is None):
-        raise ValueError("give exactly one of item_id and text")
+def similar_request(
+    item_id: str | None, text: str | None, k: int, vector: np.ndarray | None = None
+) -> tuple[str, list, list[str]]:
+    if sum(q is not None for q in (item_id, text, vector)) != 1:
+        raise ValueError("give exactly one of item_id, text and vector")
     k_input = grpcclient.InferInput("K", [1, 1], "INT32")
     k_input.set_data_from_numpy(np.array([[k]], dtype=np.int32))
-    query = _bytes_input("ITEM_ID", [[item_id]]) if item_id is not None else _bytes_input("TEXT", [[text]])
+    if vector is not None:
+        row = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        query = grpcclient.InferInput("VECTOR", list(row.shape), "FP32")
+        query.set_data_from_numpy(row)
+    elif item_id is not None:
+        query = _bytes_input("ITEM_ID", [[item_id]])
+    else:
+        query = _bytes_input("TEXT", [[text]])
     return contract.SIMILAR.name, [query, k_input], ["ITEM_IDS", "SCORES"]
 
 
@@ -119,8 +129,16 @@ class RankingClient:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._infer("embed", embed_request(texts))[0]
 
-    def similar(self, item_id: str | None = None, text: str | None = None, k: int = 10) -> list[Neighbour]:
-        return _neighbours(*self._infer("similar", similar_request(item_id, text, k)))
+    def similar(
+        self,
+        item_id: str | None = None,
+        text: str | None = None,
+        k: int = 10,
+        vector: np.ndarray | None = None,
+    ) -> list[Neighbour]:
+        """The k catalogue items nearest to one query: a catalogue item id (never returned itself), an item
+        text, or a vector of the index's dimension."""
+        return _neighbours(*self._infer("similar", similar_request(item_id, text, k, vector)))
 
     def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
         return self._infer("rank", rank_request(history, candidates))[0][0]
@@ -186,9 +204,13 @@ class AsyncRankingClient:
         return (await self._infer("embed", embed_request(texts)))[0]
 
     async def similar(
-        self, item_id: str | None = None, text: str | None = None, k: int = 10
+        self,
+        item_id: str | None = None,
+        text: str | None = None,
+        k: int = 10,
+        vector: np.ndarray | None = None,
     ) -> list[Neighbour]:
-        return _neighbours(*await self._infer("similar", similar_request(item_id, text, k)))
+        return _neighbours(*await self._infer("similar", similar_request(item_id, text, k, vector)))
 
     async def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
         return (await self._infer("rank", rank_request(history, candidates)))[0][0]

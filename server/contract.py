@@ -4,18 +4,22 @@ The python models in model_repo/, the client and the tests all read this module;
 config.pbtxt says the same (tests/server/test_contract.py).
 
     embed    TEXT [b, 1] BYTES                                  -> VECTOR [b, d] FP32 (L2-normalised)
-    similar  ITEM_ID or TEXT [b, 1] BYTES, K [b, 1] INT32       -> ITEM_IDS [b, k] BYTES, SCORES [b, k] FP32
+    similar  ITEM_ID or TEXT [b, 1] BYTES or VECTOR [b, d] FP32,
+             K [b, 1] INT32                                     -> ITEM_IDS [b, k] BYTES, SCORES [b, k] FP32
     rank     HISTORY [b, h] BYTES, CANDIDATES [b, c] BYTES      -> SCORES [b, c] FP32
 
 A text is UTF-8: a plain string (the item's title and description) or a JSON object with the item fields
 {"title", "topic", "content"} (what training saw). `similar` takes exactly one of ITEM_ID (a catalogue item,
-excluded from its own results) and TEXT; one K per request (all rows of a request share it).
+excluded from its own results), TEXT and VECTOR (a query vector of the index's dimension, e.g. from `embed`
+or a user model; normalised by the server); one K per request (all rows of a request share it).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+import numpy as np
 
 MAX_TEXT_BYTES = 16_384  # longer texts are refused: the encoders read 32-64 tokens of them anyway
 MAX_K = 1_000
@@ -50,6 +54,7 @@ SIMILAR = Model(
     inputs=(
         Tensor("ITEM_ID", "BYTES", (1,), optional=True),
         Tensor("TEXT", "BYTES", (1,), optional=True),
+        Tensor("VECTOR", "FP32", (-1,), optional=True),
         Tensor("K", "INT32", (1,)),
     ),
     outputs=(Tensor("ITEM_IDS", "BYTES", (-1,)), Tensor("SCORES", "FP32", (-1,))),
@@ -102,6 +107,20 @@ def as_item(text: str) -> dict:
                 "tags": [],
             }
     return {"title": text, "topic": "", "content": "", "category": "", "tags": []}
+
+
+def check_vectors(vectors, dim: int):
+    """Query vectors of `similar`: (n, dim), finite, not all zero."""
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise BadRequest(
+            f"VECTOR must have {dim} values per row (the index's dimension), got shape {vectors.shape}"
+        )
+    if not np.isfinite(vectors).all():
+        raise BadRequest("VECTOR contains NaN or infinite values")
+    zero = np.flatnonzero(~vectors.any(axis=1))
+    if zero.size:
+        raise BadRequest(f"VECTOR row {zero[0]} is all zeros: it has no direction to compare")
+    return vectors
 
 
 def check_k(k: int, available: int) -> int:

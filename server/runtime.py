@@ -126,6 +126,10 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
     def vectors_of(self, item_ids: list[str]) -> np.ndarray:
         rows = []
         for item_id in item_ids:

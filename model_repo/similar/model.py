@@ -1,10 +1,10 @@
-"""Triton python model `similar`: ITEM_ID or TEXT [b, 1], K [b, 1] -> ITEM_IDS, SCORES [b, k].
+"""Triton python model `similar`: ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k].
 
 The item index (llmrec.server.runtime.ItemIndex) is read at load: a malformed index fails this version's
 load with the reason, and a server that already serves an older version keeps serving it. Text queries
 are embedded by the `embed` model (a BLS call), item-id queries read their vector from the index and
-never return themselves. All queries of a dynamic batch share one top-k call (the largest K; smaller
-K take a prefix, since results come best first).
+never return themselves, vector queries are used as given (normalised). All queries of a dynamic batch
+share one top-k call (the largest K; smaller K take a prefix, since results come best first).
 """
 
 from pathlib import Path
@@ -13,13 +13,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import fail_batch, parse_each
-from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, decode_text
+from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, check_vectors, decode_text
 from llmrec.server.runtime import ItemIndex
 
 
-def _strings(request, name):
+def _optional(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy().reshape(-1)
+    return None if tensor is None else tensor.as_numpy()
 
 
 class TritonPythonModel:
@@ -27,18 +27,25 @@ class TritonPythonModel:
         self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"])
 
     def _parse(self, request):
-        ids, texts = _strings(request, "ITEM_ID"), _strings(request, "TEXT")
-        if (ids is None) == (texts is None):
-            raise BadRequest("give exactly one of ITEM_ID and TEXT")
+        """(k, query vectors or None, texts to embed or None, the item each row excludes or None)."""
+        ids, texts = _optional(request, "ITEM_ID"), _optional(request, "TEXT")
+        vectors = _optional(request, "VECTOR")
+        if sum(x is not None for x in (ids, texts, vectors)) != 1:
+            raise BadRequest("give exactly one of ITEM_ID, TEXT and VECTOR")
         ks = pb_utils.get_input_tensor_by_name(request, "K").as_numpy().reshape(-1)
         if len(set(ks.tolist())) != 1:
             raise BadRequest(f"all rows of a request share one K, got {sorted(set(ks.tolist()))}")
         if ids is not None:
-            item_ids = [decode_text(t, f"ITEM_ID[{r}]") for r, t in enumerate(ids)]
+            item_ids = [decode_text(t, f"ITEM_ID[{r}]") for r, t in enumerate(ids.reshape(-1))]
             vectors = self.index.vectors_of(item_ids)  # unknown ids raise BadRequest
-            return check_k(int(ks[0]), len(self.index) - 1), vectors, item_ids
-        items = [as_item(decode_text(t, f"TEXT[{r}]")) for r, t in enumerate(texts)]
-        return check_k(int(ks[0]), len(self.index)), texts, [None] * len(items)
+            return check_k(int(ks[0]), len(self.index) - 1), vectors, None, item_ids
+        if vectors is not None:
+            vectors = check_vectors(vectors, self.index.dim)
+            return check_k(int(ks[0]), len(self.index)), vectors, None, [None] * len(vectors)
+        texts = texts.reshape(-1)
+        for r, t in enumerate(texts):
+            as_item(decode_text(t, f"TEXT[{r}]"))  # refuses what `embed` would
+        return check_k(int(ks[0]), len(self.index)), None, texts, [None] * len(texts)
 
     def _embed(self, texts):
         out = []
@@ -53,28 +60,28 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def execute(self, requests):
-        responses, parsed = parse_each(requests, self._parse)  # (position, (k, vectors or texts, excluded))
+        responses, parsed = parse_each(requests, self._parse)  # (position, (k, vectors, texts, excluded))
         if not parsed:
             return responses
         try:
-            texts = [t for _, (_, q, ex) in parsed if ex[0] is None for t in q]
+            texts = [t for _, (_, _, q, _) in parsed if q is not None for t in q]
             embedded = self._embed(texts) if texts else None
             queries, start = [], 0
-            for _, (_, q, ex) in parsed:
-                if ex[0] is None:
+            for _, (_, vectors, q, _) in parsed:
+                if q is not None:
                     queries.append(embedded[start : start + len(q)])
                     start += len(q)
                 else:
-                    queries.append(q)
-            k_max = max(k for _, (k, _, _) in parsed)
-            exclude = [e for _, (_, _, ex) in parsed for e in ex]
+                    queries.append(vectors)
+            k_max = max(k for _, (k, _, _, _) in parsed)
+            exclude = [e for _, (_, _, _, ex) in parsed for e in ex]
             ids, scores = self.index.search(np.concatenate(queries), k_max, exclude)
         except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
             return fail_batch(responses, parsed, "similar", e)
         row = 0
-        for i, (k, q, _) in parsed:
-            rows = slice(row, row + len(q))
-            row += len(q)
+        for i, (k, _, _, ex) in parsed:
+            rows = slice(row, row + len(ex))
+            row += len(ex)
             out_ids = np.array([r[:k] for r in ids[rows]], dtype=np.object_)
             out_scores = np.ascontiguousarray(scores[rows, :k], dtype=np.float32)
             responses[i] = pb_utils.InferenceResponse(

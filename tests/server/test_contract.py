@@ -54,7 +54,7 @@ def test_python_model_reads_and_writes_only_contract_tensors(name):
     source = (REPO / name / "model.py").read_text()
     model = contract.MODELS[name]
     read = set(re.findall(r'get_input_tensor_by_name\(request, "(\w+)"\)', source))
-    read |= set(re.findall(r'_(?:strings|texts)\(request, "(\w+)"', source))
+    read |= set(re.findall(r'_(?:optional|texts)\(request, "(\w+)"', source))
     written = set(re.findall(r'pb_utils\.Tensor\("(\w+)"', source))
     written |= set(re.findall(r'run_batch\(requests, \w+, [\w.]+, "(\w+)"', source))  # llmrec.server.batch
     if name == "similar":

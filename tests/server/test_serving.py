@@ -61,6 +61,15 @@ def test_similar_by_id_and_by_text(served):
     assert len(client.similar(item_id="3", k=39)) == 39  # the whole catalogue but the item itself
 
 
+def test_similar_by_vector_equals_similar_by_the_same_text(served):
+    client = served["client"]
+    vector = client.embed(["Movie 3"])[0]
+    by_vector = client.similar(vector=vector * 7.0, k=5)  # any scale: the server normalises
+    by_text = client.similar(text="Movie 3", k=5)
+    assert [n.item_id for n in by_vector] == [n.item_id for n in by_text]
+    np.testing.assert_allclose([n.score for n in by_vector], [n.score for n in by_text], atol=1e-5)
+
+
 def test_rank_over_grpc_matches_the_runtime(served):
     history, candidates = texts(served, 4), texts(served, 6, start=10)
     scores = served["client"].rank(history, candidates)
@@ -114,6 +123,9 @@ BAD = [
     ("similar", {"item_id": "3", "k": 40}, "K=40 but only 39 catalogue items"),
     ("similar", {"text": "Movie", "k": 41}, "K=41 but only 40 catalogue items"),
     ("similar", {"item_id": "no-such-item", "k": 3}, "unknown item id 'no-such-item'"),
+    ("similar", {"vector": np.ones(15), "k": 3}, "VECTOR must have 16 values per row"),
+    ("similar", {"vector": np.zeros(16), "k": 3}, "VECTOR row 0 is all zeros"),
+    ("similar", {"vector": np.full(16, np.nan), "k": 3}, "VECTOR contains NaN or infinite values"),
     ("rank", {"history": [""], "candidates": ["Movie 1"]}, "HISTORY[0][0] is empty"),
 ]
 
