@@ -1,12 +1,19 @@
 """Serving latency: `rank` and `similar` through the embedded tritonserver vs the same work in-process.
 
-    python -m bench.serving [--repo artifacts/model_repo] [--rank-requests 24] [--similar-requests 300]
+    python -m bench.serving [--repo artifacts/model_repo] [--rank-requests 24] [--requests 300]
 
 Workloads (held-out MovieLens users, llmrec.server.workloads): `rank` = history of 10 item texts and 100
 candidate texts; `similar` = a catalogue item id, k = 100. Paths: in-process (the very runtime classes
 the python models run, called from threads), and the server over gRPC with dynamic batching on (the
 repository as exported) and off (a copy whose configs drop `dynamic_batching`). Each runs closed-loop at
 concurrency 1 and 8 (one client per thread, each thread waits for its answer before sending the next).
+`rank` runs with its item-vector cache warm (every payload sent once first: a catalogue's items are hot
+after minutes of traffic) and, in-process and on the batching server, with the cache off
+(LLMREC_RANK_CACHE_ITEMS=0: every request encodes its 110 texts, the cost of items never seen before).
+`similar` by text (a catalogue title, k = 100) runs on the batching server two ways, to decide between a
+single python model and an ensemble: fused (`similar` embeds its texts by a BLS call to `embed`) and an
+ensemble `similar_text` (embed -> similar with a VECTOR query) that only this benchmark adds to a copy of
+the repository.
 Writes artifacts/bench/serving.{json,csv} and prints the table that docs/BENCHMARKS.md quotes.
 """
 
@@ -17,17 +24,19 @@ import csv
 import json
 import os
 import platform
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from llmrec.export.repository import without_batching
 from llmrec.paths import artifacts_dir
 from llmrec.runs import git_commit, table
 from llmrec.server import metrics, runtime
-from llmrec.server.client import RankingClient
+from llmrec.server.client import RankingClient, similar_request
 from llmrec.server.launcher import TritonServer
 from llmrec.server.workloads import user_requests
 
@@ -77,13 +86,58 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
     }
 
 
+ENSEMBLE = """# bench only: `similar` by text as a Triton ensemble, to compare with the fused BLS path
+name: "similar_text"
+platform: "ensemble"
+max_batch_size: 64
+input [
+  { name: "TEXT", data_type: TYPE_STRING, dims: [ 1 ] },
+  { name: "K", data_type: TYPE_INT32, dims: [ 1 ] }
+]
+output [
+  { name: "ITEM_IDS", data_type: TYPE_STRING, dims: [ -1 ] },
+  { name: "SCORES", data_type: TYPE_FP32, dims: [ -1 ] }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "embed"
+      model_version: -1
+      input_map { key: "TEXT" value: "TEXT" }
+      output_map { key: "VECTOR" value: "query_vector" }
+    },
+    {
+      model_name: "similar"
+      model_version: -1
+      input_map { key: "VECTOR" value: "query_vector" }
+      input_map { key: "K" value: "K" }
+      output_map { key: "ITEM_IDS" value: "ITEM_IDS" }
+      output_map { key: "SCORES" value: "SCORES" }
+    }
+  ]
+}
+"""
+
+
+def with_text_ensemble(repo: Path, dest: Path) -> Path:
+    """The repository (models linked, not copied) plus the `similar_text` ensemble."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for model_dir in repo.iterdir():
+        if (model_dir / "config.pbtxt").is_file():
+            (dest / model_dir.name).symlink_to(model_dir.resolve())
+    (dest / "similar_text" / "1").mkdir(parents=True)
+    (dest / "similar_text" / "config.pbtxt").write_text(ENSEMBLE)
+    return dest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repo", type=Path, default=artifacts_dir() / "model_repo")
-    parser.add_argument("--rank-requests", type=int, default=24)
-    parser.add_argument("--similar-requests", type=int, default=300)
+    parser.add_argument("--rank-requests", type=int, default=24, help="rank calls per row with the cache off")
+    parser.add_argument("--requests", type=int, default=300, help="calls per row of every other path")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--out", type=Path, default=artifacts_dir() / "bench")
     args = parser.parse_args()
@@ -97,10 +151,11 @@ def main() -> None:
     rank_payloads = [(u["history"], u["candidate_texts"]) for u in users]
     rng = np.random.default_rng(0)
     similar_payloads = rng.choice(data.items["item_id"].to_numpy(), size=500).tolist()
+    text_payloads = rng.choice(data.items["title"].to_numpy(), size=500).tolist()
     levels = [int(c) for c in args.concurrency.split(",")]
     workloads = {
-        "rank": (rank_payloads, args.rank_requests),
-        "similar": (similar_payloads, args.similar_requests),
+        "rank": (rank_payloads, args.requests),
+        "similar": (similar_payloads, args.requests),
     }
     rows: list[dict] = []
 
@@ -117,22 +172,35 @@ def main() -> None:
         )
         print(table(rows[-1:]), flush=True)
 
-    # In-process: the runtime classes the python models use, shared by the threads (as in one model instance).
-    scorer = runtime.RankScorer(args.repo / "rank" / "1")
-    index = runtime.ItemIndex.load(args.repo / "similar" / "1")
-    local = {
-        "rank": lambda: lambda p: scorer.score([p]),
-        "similar": lambda: lambda item: index.search(index.vectors_of([item]), 100, [item]),
-    }
-    for model, (payloads, n) in workloads.items():
-        closed_loop(local[model], payloads, 1, 2)  # warm-up
-        for c in levels:
-            record(model, "in-process", c, closed_loop(local[model], payloads, c, n))
+    def warm_up(make_call, model, payloads, cache):
+        # rank with its cache on: every payload once, so that the measured calls find their items cached
+        closed_loop(make_call, payloads, 1, len(payloads) if model == "rank" and cache else 2)
 
-    for label, repo in (
-        ("server, batching on", args.repo),
-        ("server, batching off", without_batching(args.repo, args.out / "repo-no-batching")),
+    # In-process: the runtime classes the python models use, shared by the threads (as in one model instance).
+    index = runtime.ItemIndex.load(args.repo / "similar" / "1")
+    for cache in (False, True):
+        scorer = runtime.RankScorer(args.repo / "rank" / "1", cache_items=None if cache else 0)
+        local = {
+            "rank": lambda scorer=scorer: lambda p: scorer.score([p]),
+            "similar": lambda: lambda item: index.search(index.vectors_of([item]), 100, [item]),
+        }
+        for model, (payloads, n) in workloads.items():
+            if model != "rank" and not cache:
+                continue  # only rank has a cache
+            warm_up(local[model], model, payloads, cache)
+            for c in levels:
+                path = "in-process" if cache else "in-process, cache off"
+                n_calls = n if cache else args.rank_requests
+                record(model, path, c, closed_loop(local[model], payloads, c, n_calls))
+
+    no_batching = without_batching(args.repo, args.out / "repo-no-batching")
+    with_ensemble = with_text_ensemble(args.repo, args.out / "repo-text-ensemble")
+    for label, repo, cache in (
+        ("server, batching on, cache off", args.repo, False),
+        ("server, batching on", with_ensemble, True),
+        ("server, batching off", no_batching, True),
     ):
+        os.environ["LLMREC_RANK_CACHE_ITEMS"] = str(runtime.RANK_CACHE_ITEMS if cache else 0)  # to the stubs
         with TritonServer(repo) as server:
 
             def client_call(model, url=server.grpc_url):
@@ -145,12 +213,42 @@ def main() -> None:
                 return make
 
             for model, (payloads, n) in workloads.items():
-                closed_loop(client_call(model), payloads, 1, 2)  # warm-up
+                if model != "rank" and not cache:
+                    continue
+                warm_up(client_call(model), model, payloads, cache)
                 for c in levels:
                     before = metrics.scrape(server.metrics_url)
-                    result = closed_loop(client_call(model), payloads, c, n)
+                    result = closed_loop(client_call(model), payloads, c, n if cache else args.rank_requests)
                     split_row = metrics.server_split(before, metrics.scrape(server.metrics_url)).get(model)
                     record(model, label, c, result, split_row)
+
+            if repo != with_ensemble:
+                continue
+
+            def text_call(model: str, url=server.grpc_url):
+                def make():  # the same request to either model, through the bare tritonclient
+                    grpc = grpcclient.InferenceServerClient(url)
+                    _, inputs, _ = similar_request(None, "-", 100)
+
+                    def call(text):
+                        inputs[0].set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+                        return grpc.infer(model, inputs, client_timeout=120.0)
+
+                    return call
+
+                return make
+
+            for model, path in (
+                ("similar", "server, text, fused (BLS)"),
+                ("similar_text", "server, text, ensemble"),
+            ):
+                closed_loop(text_call(model), text_payloads, 1, 2)
+                for c in levels:
+                    before = metrics.scrape(server.metrics_url)
+                    result = closed_loop(text_call(model), text_payloads, c, args.requests)
+                    split_row = metrics.server_split(before, metrics.scrape(server.metrics_url)).get(model)
+                    record("similar (text)", path, c, result, split_row)
+    os.environ.pop("LLMREC_RANK_CACHE_ITEMS")
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
