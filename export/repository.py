@@ -119,7 +119,7 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
     tokenizer.save(encoder.tokenizer, folder / runtime.TOKENIZER)
     (folder / runtime.RANKER_META).write_text(json.dumps(asdict(ranker.config), indent=2))
     torch.save({"hidden": encoder.hidden, "params": ranker.head_state()}, folder / runtime.RANKER_HEAD)
-    scorer = runtime.RankScorer(folder)
+    scorer = runtime.RankScorer(folder, warm=False)
     want_ids = encoder.tokenize(texts)
     got_ids = scorer.tokenize(texts)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
@@ -135,6 +135,7 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
                 | parity.compare(got.cpu().numpy(), want.numpy(), parity.FP32_TOLERANCE)
             )
     report = parity.summary(rows, "rank encoder")
+    (folder / runtime.RANK_CATALOGUE).write_text(json.dumps(texts))  # rank warms its item cache with these
     _publish(folder)
     return report
 

@@ -29,6 +29,7 @@ RANKER_HEAD = "head.pt"  # the head's parameters
 TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
 INDEX_VECTORS = "index.npy"
 INDEX_IDS = "index.ids.json"
+RANK_CATALOGUE = "catalogue.json"  # the catalogue's item texts: rank warms its item-vector cache with them
 
 # Items whose rank vectors stay cached per model instance (LLMREC_RANK_CACHE_ITEMS overrides; 0 turns it off).
 RANK_CACHE_ITEMS = 20_000
@@ -196,14 +197,27 @@ class VectorCache:
         return len(self.entries)
 
 
+def catalogue_texts(path: Path) -> list[str]:
+    """The item texts of catalogue.json; a malformed file is a ValueError that names it."""
+    try:
+        texts = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"catalogue {path} is not valid JSON: {e}") from None
+    if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError(f"catalogue {path} must be a JSON list of non-empty item texts")
+    return texts
+
+
 class RankScorer:
     """EaaR online: item texts -> exported BERT encoder -> the trained head (pooling, user attention, dot).
 
     Item vectors are cached by text (VectorCache): a catalogue item is encoded once per model instance,
-    so after warm-up a request costs the user attention and the dot products, not a BERT pass per item.
+    so a request costs the user attention and the dot products, not a BERT pass per item. With `warm`,
+    the catalogue texts exported beside the model (catalogue.json) are encoded at load, up to the
+    cache's capacity, so that the first requests after a (re)load are as fast as the rest.
     """
 
-    def __init__(self, folder: Path, cache_items: int | None = None):
+    def __init__(self, folder: Path, cache_items: int | None = None, warm: bool = True):
         from llmrec.training.eaar.model import Ranker, RankerConfig
 
         folder = Path(folder)
@@ -222,6 +236,15 @@ class RankScorer:
         if cache_items is None:
             cache_items = int(os.environ.get("LLMREC_RANK_CACHE_ITEMS", RANK_CACHE_ITEMS))
         self.cache = VectorCache(cache_items)
+        if warm and (folder / RANK_CATALOGUE).is_file():
+            self.warm(catalogue_texts(folder / RANK_CATALOGUE))
+
+    def warm(self, texts: list[str], batch: int = 64) -> None:
+        """Encode `texts` into the cache (the first `capacity` of them); lookups stay uncounted."""
+        texts = list(dict.fromkeys(texts))[: self.cache.capacity]
+        for start in range(0, len(texts), batch):
+            self.item_vectors(texts[start : start + batch])
+        self.cache.hits = self.cache.misses = 0
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (n, T, H) and mask (n, T) of item texts, from the exported encoder."""

@@ -79,7 +79,9 @@ def test_rank_over_grpc_matches_the_runtime(served):
 
 
 def test_rank_caches_item_vectors_and_reports_it(served):
-    history, candidates = texts(served, 3, start=20), texts(served, 5, start=25)
+    # the catalogue's texts are cached at load; these 8 are not in it
+    history = [f"Unseen film {i} (2031)" for i in range(3)]
+    candidates = [f"Another unseen film {i}" for i in range(5)]
     first = served["client"].rank(history, candidates)  # 8 new texts: misses
     again = served["client"].rank(history, candidates)  # the same 8: hits
     np.testing.assert_allclose(again, first, rtol=1e-6, atol=1e-6)
@@ -92,7 +94,7 @@ def test_rank_caches_item_vectors_and_reports_it(served):
                 counts[(sample.name, sample.labels.get("result"))] = sample.value
     assert counts[("llmrec_rank_item_cache_lookups_total", "hit")] >= 8
     assert counts[("llmrec_rank_item_cache_lookups_total", "miss")] >= 8
-    assert counts[("llmrec_rank_item_cache_items", None)] >= 8
+    assert counts[("llmrec_rank_item_cache_items", None)] >= len(served["items"]) + 8
 
 
 def test_every_model_over_http(served):
