@@ -491,7 +491,7 @@ def loadtest(
     p99_bound_ms: Annotated[
         float | None,
         typer.Option(
-            help="The ramp's p99 bound for every model (default: rank 2000, similar 100, embed 200)."
+            help="The ramp's p99 bound for every model (default: rank 100, similar 100, embed 200)."
         ),
     ] = None,
     batching: Annotated[

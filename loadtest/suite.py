@@ -19,7 +19,7 @@ from llmrec.loadtest.workload import Workload
 DEFAULT_START_RPS = {"rank": 5.0, "similar": 50.0, "embed": 5.0}
 # The ramp's p99 bound per model: about 3x its unloaded p99 on the 2-core machine (rank ~700 ms, similar ~7 ms,
 # embed ~20 ms), so the saturation point marks where queueing, not the work, sets the latency.
-DEFAULT_P99_BOUND_MS = {"rank": 2000.0, "similar": 100.0, "embed": 200.0}
+DEFAULT_P99_BOUND_MS = {"rank": 100.0, "similar": 100.0, "embed": 200.0}
 
 
 class LoadTestFailed(RuntimeError):
