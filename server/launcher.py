@@ -12,6 +12,7 @@ of its log. Models load in explicit mode (all at start); `load_model` re-reads a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -179,6 +180,7 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._kill_group()  # python stubs it started would outlive it
                 raise ServerError(
                     f"tritonserver exited with status {self.process.returncode} while starting "
                     f"(log: {self.log_path}):\n{self.log_tail()}"
@@ -191,8 +193,15 @@ class TritonServer:
             f"tritonserver was not ready after {self.startup_timeout:.0f} s (log: {self.log_path}):\n{self.log_tail()}"
         )
 
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the group is empty already
+            os.killpg(self.process.pid, signal.SIGKILL)
+
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            self._kill_group()  # the server died on its own: its stubs may not have
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:

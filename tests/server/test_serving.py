@@ -3,7 +3,9 @@ model over gRPC and HTTP, bad requests, mixed batches, metrics and index version
 
 import asyncio
 import json
+import os
 import shutil
+import time
 import urllib.request
 
 import numpy as np
@@ -178,9 +180,10 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(served):
     assert all(isinstance(results[i], ServingError) and "is empty" in str(results[i]) for i in failed)
     assert all(results[i].shape == (1, 16) for i in range(24) if i % 4)
     split = metrics.server_split(before, metrics.scrape(served["server"].metrics_url))
-    # Triton counts all 24; it books errors returned by a python model as successes (nv_inference_request_
-    # failure stays 0), so error rates come from the client side (status label of the client histogram).
+    # Triton counts all 24 but books errors returned by a python model as successes; the models count them
+    # themselves (llmrec_request_errors_total), which the split adds to Triton's failures.
     assert split["embed"]["requests"] == 24
+    assert split["embed"]["failures"] == 6
 
 
 def test_metrics_endpoint_counts_requests_with_latency_summaries(served):
@@ -212,8 +215,22 @@ def test_launcher_fails_fast_with_the_log(tmp_path):
     (repo / "embed" / "1").mkdir(parents=True)
     (repo / "embed" / "config.pbtxt").write_text('name: "embed"\nbackend: "python"\n')
     (repo / "embed" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
+    server = TritonServer(repo, log_path=tmp_path / "log", startup_timeout=120)
     with pytest.raises(ServerError, match="boom at import"):
-        TritonServer(repo, log_path=tmp_path / "log", startup_timeout=120).start()
+        server.start()
+    assert not group_alive(server.process.pid), "python stubs outlived the server"
+
+
+def group_alive(pgid: int, wait_s: float = 5.0) -> bool:
+    """Whether a process of the group is still there after `wait_s` (killed ones take a moment to go)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_launcher_refuses_a_missing_repository(tmp_path):
@@ -225,7 +242,9 @@ def test_every_triton_metric_on_the_dashboard_is_exported_by_the_server(served):
     from tests.deploy.test_compose import dashboard_metrics
 
     served["client"].rank(texts(served, 2), texts(served, 2, start=5))  # rank's cache metrics exist
+    with pytest.raises(ServingError):
+        served["client"].embed([""])  # and the error counter
     text = urllib.request.urlopen(served["server"].metrics_url, timeout=5).read().decode()
-    server_side = ("nv_", "llmrec_rank_")
+    server_side = ("nv_", "llmrec_rank_", "llmrec_request_")
     missing = [m for m in dashboard_metrics() if m.startswith(server_side) and m not in text]
     assert not missing, f"the Grafana dashboard queries metrics the server does not export: {missing}"
