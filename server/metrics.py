@@ -30,8 +30,9 @@ def expose(port: int, host: str = "127.0.0.1") -> None:
     start_http_server(port, addr=host)
 
 
-# Triton's cumulative counters that the split needs (microseconds, except the counts).
-TRITON_COUNTERS = (
+# The server's cumulative counters that the split needs (microseconds, except the counts): Triton's own and
+# the error responses the llmrec python models count themselves.
+SERVER_COUNTERS = (
     "nv_inference_request_success",
     "nv_inference_request_failure",
     "nv_inference_count",
@@ -41,6 +42,7 @@ TRITON_COUNTERS = (
     "nv_inference_compute_input_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
+    "llmrec_request_errors",  # the python models' error responses, which Triton books as successes
 )
 
 
@@ -52,7 +54,7 @@ def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, str], float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name.removesuffix("_total")
-            if name in TRITON_COUNTERS and "model" in sample.labels:
+            if name in SERVER_COUNTERS and "model" in sample.labels:
                 key = (name, sample.labels["model"])
                 out[key] = out.get(key, 0.0) + sample.value
     return out
@@ -73,7 +75,7 @@ def server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:
         executions = delta("nv_inference_exec_count")
         rows[model] = {
             "requests": requests,
-            "failures": delta("nv_inference_request_failure"),
+            "failures": delta("nv_inference_request_failure") + delta("llmrec_request_errors"),
             "mean_batch": delta("nv_inference_count") / executions if executions else 0.0,
             "request_ms": delta("nv_inference_request_duration_us") / requests / 1e3,
             "queue_ms": delta("nv_inference_queue_duration_us") / requests / 1e3,

@@ -60,7 +60,9 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def execute(self, requests):
-        responses, parsed = parse_each(requests, self._parse)  # (position, (k, vectors, texts, excluded))
+        responses, parsed = parse_each(
+            requests, self._parse, "similar"
+        )  # (position, (k, vectors, texts, excluded))
         if not parsed:
             return responses
         try:
