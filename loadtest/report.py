@@ -43,7 +43,7 @@ def plot_ramp(runs, model: str, p99_bound_ms: float, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted((r.offered_rps, r.locust[model]) for r in runs if model in r.locust)
+    points = sorted(((r.offered_rps, r.locust[model]) for r in runs if model in r.locust), key=lambda p: p[0])
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
         ax.plot([p[0] for p in points], [p[1][key] for p in points], style, label=key)

@@ -284,27 +284,44 @@ def ramp(
     step_s: float,
     factor: float = 1.5,
     max_steps: int = 12,
+    refine: int = 2,
     progress=print,
 ) -> tuple[float | None, bool, list[RunResult]]:
     """Saturation point of one model (and whether a step failed: if none did within `max_steps`, the last
     rate is only a lower bound), then measurements at 50% and 80% of it.
 
-    Offered rates are exact (users send on a fixed schedule), so `achieved < 90% of offered` means the
-    server did not keep up within the step."""
+    Steps rise by `factor` until one fails; `refine` more steps then bisect (geometrically) between the
+    last passing and the failing rate, so the saturation is known to within factor ** (1 / 2**refine)
+    (1.5 and 2 steps: 11%). Offered rates are exact (users send on a fixed schedule), so `achieved < 90%
+    of offered` means the server did not keep up within the step."""
     runs, rate, saturation, reached = [], start_rps, None, False
-    for step in range(max_steps):
-        run = locust_run(target, workload, out_dir, f"{model}-ramp{step}", model, rate, _step_s(rate, step_s))
+
+    def step(name: str, rate: float, note: str = "") -> bool:
+        run = locust_run(target, workload, out_dir, name, model, rate, _step_s(rate, step_s))
         runs.append(run)
         ok = passes(run, model, p99_bound_ms)
         progress(
-            f"  {model} @ {rate:.2f} req/s: " + _summary(run, model) + ("" if ok else "  <- over the bound")
+            f"  {model} @ {rate:.2f} req/s{note}: "
+            + _summary(run, model)
+            + ("" if ok else "  <- over the bound")
         )
-        if not ok:
+        return ok
+
+    for n in range(max_steps):
+        if not step(f"{model}-ramp{n}", rate):
             reached = True
             break
         saturation, rate = rate, rate * factor
     if not reached:
         progress(f"  {model}: no step failed in {max_steps}; {saturation:.2f} req/s is a lower bound")
+    elif saturation is not None:
+        failed = rate
+        for n in range(refine):
+            middle = math.sqrt(saturation * failed)
+            if step(f"{model}-refine{n}", middle, " (refining)"):
+                saturation = middle
+            else:
+                failed = middle
     if saturation is not None:
         for share in (0.5, 0.8):
             run = locust_run(

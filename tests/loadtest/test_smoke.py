@@ -97,3 +97,22 @@ def test_a_locust_that_never_finishes_fails_with_its_log(tmp_path):
 def test_a_locust_that_fails_shows_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="exit 3(.|\n)*last words"):
         _fake_locust(tmp_path, "raise SystemExit(3)", limit_s=30)
+
+
+def test_ramp_bisects_between_the_last_passing_and_the_failing_step(monkeypatch, tmp_path):
+    """A server that keeps up to 100 req/s: steps x1.5 from 10 fail at 113.9, two bisections narrow it."""
+    from types import SimpleNamespace
+
+    def fake_run(target, workload, out_dir, name, model, rate, duration_s):
+        return SimpleNamespace(name=name, offered_rps=rate, label=name, locust={})
+
+    monkeypatch.setattr(runner, "locust_run", fake_run)
+    monkeypatch.setattr(runner, "passes", lambda run, model, bound: run.offered_rps <= 100.0)
+    monkeypatch.setattr(runner, "_summary", lambda run, model: "")
+    saturation, reached, runs = runner.ramp(
+        None, tmp_path, tmp_path, "rank", 10.0, 100.0, 1.0, factor=1.5, refine=2, progress=lambda _: None
+    )
+    assert reached and 75.9 < saturation <= 100.0
+    assert saturation == pytest.approx(math.sqrt(75.9375 * 113.90625))  # 93.0: the first middle passed
+    assert [r.name for r in runs][-4:] == ["rank-refine0", "rank-refine1", "rank-at50pct", "rank-at80pct"]
+    assert runs[-1].offered_rps == pytest.approx(0.8 * saturation)
