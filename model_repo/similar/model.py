@@ -60,9 +60,8 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def execute(self, requests):
-        responses, parsed = parse_each(
-            requests, self._parse, "similar"
-        )  # (position, (k, vectors, texts, excluded))
+        # parsed: (position, (k, query vectors, texts to embed, excluded items))
+        responses, parsed = parse_each(requests, self._parse, "similar")
         if not parsed:
             return responses
         try:
