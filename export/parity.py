@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 FP32_TOLERANCE = 1e-4
+# fp16 graphs (fp32 in and out, fp16 inside) against PyTorch fp32: measured 2e-4 on NoteLLM's normalised
+# vectors and 6e-3 on the EaaR encoder's token states (|x| up to 5), demo models, 2026-11-24.
+FP16_TOLERANCE = 2e-2
 
 
 def compare(got: np.ndarray, want: np.ndarray, tolerance: float) -> dict:

@@ -64,8 +64,20 @@ def _publish(tmp: Path) -> Path:
     return final
 
 
-def export_embed(repo: Path, notellm_dir: Path, items: list[dict], version: int = 1) -> dict:
-    """NoteLLM item encoder -> <repo>/embed/<version>/; returns the parity summary."""
+def to_fp16(fp32_graph: Path, fp16_graph: Path) -> None:
+    """An fp16 copy of a graph that keeps fp32 inputs and outputs (onnxruntime's float16 converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32_graph)), keep_io_types=True), str(fp16_graph))
+    onnx.checker.check_model(str(fp16_graph), full_check=True)
+
+
+def export_embed(
+    repo: Path, notellm_dir: Path, items: list[dict], version: int = 1, fp16: bool = False
+) -> dict:
+    """NoteLLM item encoder -> <repo>/embed/<version>/; returns the parity summary (with `fp16`: the fp32
+    graph's, plus the fp16 graph's under "fp16")."""
     from llmrec.training.notellm.model import NoteLLM
     from llmrec.training.notellm.prompts import collate
 
@@ -87,22 +99,30 @@ def export_embed(repo: Path, notellm_dir: Path, items: list[dict], version: int 
     for item in items:  # the server's tokenizer must give the very ids training used
         if embedder.prompts.embedding_prompt(item) != model.prompts.embedding_prompt(item):
             raise ValueError(f"the serving tokenizer disagrees with training on item {item['item_id']!r}")
-    rows = []
-    for chunk in parity.batches(items):
+    chunks = parity.batches(items)
+    wants = []
+    for chunk in chunks:
         batch = collate([model.prompts.embedding_prompt(i) for i in chunk], model.tokenizer.pad_token_id)
-        want = model.encode(batch).numpy()
-        got = embedder.embed(chunk)
-        rows.append(
-            {"batch": len(chunk), "seq": int(batch["input_ids"].shape[1])}
-            | parity.compare(got, want, parity.FP32_TOLERANCE)
-        )
-    report = parity.summary(rows, "embed")
+        wants.append((int(batch["input_ids"].shape[1]), model.encode(batch).numpy()))
+
+    def check(embedder: runtime.NoteEmbedder, tolerance: float, graph: str) -> dict:
+        rows = [
+            {"batch": len(chunk), "seq": seq} | parity.compare(embedder.embed(chunk), want, tolerance)
+            for chunk, (seq, want) in zip(chunks, wants, strict=True)
+        ]
+        return parity.summary(rows, graph)
+
+    report = check(embedder, parity.FP32_TOLERANCE, "embed")
+    if fp16:
+        to_fp16(folder / runtime.NOTELLM_ONNX, runtime.graph_path(folder, runtime.NOTELLM_ONNX, "fp16"))
+        report["fp16"] = check(runtime.NoteEmbedder(folder, "fp16"), parity.FP16_TOLERANCE, "embed fp16")
     _publish(folder)
     return report
 
 
-def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1) -> dict:
-    """EaaR text encoder + head -> <repo>/rank/<version>/; returns the parity summary."""
+def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1, fp16: bool = False) -> dict:
+    """EaaR text encoder + head -> <repo>/rank/<version>/; returns the parity summary (with `fp16`: the fp32
+    graph's, plus the fp16 graph's under "fp16")."""
     from llmrec.training.eaar.model import Ranker
 
     ranker = Ranker.load(ranker_dir)
@@ -125,16 +145,23 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         if not np.array_equal(got_ids[key], want_ids[key].numpy()):
             raise ValueError(f"the serving tokenizer disagrees with training on {key}")
-    rows = []
+    chunks = parity.batches(texts, sizes=(1, 8, 32))
     with torch.no_grad():
-        for chunk in parity.batches(texts, sizes=(1, 8, 32)):
-            want, _ = encoder.encode_texts(chunk)
-            got, _ = scorer.encode(chunk)
-            rows.append(
-                {"batch": len(chunk), "seq": int(want.shape[1])}
-                | parity.compare(got.cpu().numpy(), want.numpy(), parity.FP32_TOLERANCE)
-            )
-    report = parity.summary(rows, "rank encoder")
+        wants = [encoder.encode_texts(chunk)[0].numpy() for chunk in chunks]
+
+    def check(scorer: runtime.RankScorer, tolerance: float, graph: str) -> dict:
+        rows = [
+            {"batch": len(chunk), "seq": int(want.shape[1])}
+            | parity.compare(scorer.encode(chunk)[0].cpu().numpy(), want, tolerance)
+            for chunk, want in zip(chunks, wants, strict=True)
+        ]
+        return parity.summary(rows, graph)
+
+    report = check(scorer, parity.FP32_TOLERANCE, "rank encoder")
+    if fp16:
+        to_fp16(folder / runtime.ENCODER_ONNX, runtime.graph_path(folder, runtime.ENCODER_ONNX, "fp16"))
+        fp16_scorer = runtime.RankScorer(folder, warm=False, precision="fp16")
+        report["fp16"] = check(fp16_scorer, parity.FP16_TOLERANCE, "rank encoder fp16")
     (folder / runtime.RANK_CATALOGUE).write_text(json.dumps(texts))  # rank warms its item cache with these
     _publish(folder)
     return report

@@ -310,6 +310,13 @@ def export(
     ] = None,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            help="Also write fp16 copies of the graphs (fp32 in and out) with their own parity check; "
+            'a model runs one with the config parameter precision = "fp16".'
+        ),
+    ] = False,
 ) -> None:
     """ONNX graphs (with a parity check against PyTorch) and the item index -> a Triton model repository."""
     from llmrec.export import repository
@@ -330,11 +337,11 @@ def export(
     try:
         if "embed" in models:
             typer.echo("exporting embed (NoteLLM item encoder) ...")
-            report["embed"] = repository.export_embed(repo, notellm_dir, records, version)
+            report["embed"] = repository.export_embed(repo, notellm_dir, records, version, fp16)
         if "rank" in models:
             typer.echo("exporting rank (EaaR text encoder + head) ...")
             report["rank"] = repository.export_rank(
-                repo, ranker_dir, [item_text(r) for r in records], version
+                repo, ranker_dir, [item_text(r) for r in records], version, fp16
             )
         if "similar" in models:
             ids, vectors = load_vectors(index or notellm_dir / "item_vectors.npy")
@@ -350,12 +357,14 @@ def export(
     rows = [
         {
             "model": m,
-            "graph": "fp32",
-            **{k: r[k] for k in ("max_abs", "max_rel", "ok")},
-            "batches": len(r["rows"]),
+            "graph": graph,
+            **{k: g[k] for k in ("max_abs", "max_rel", "ok")},
+            "batches": len(g["rows"]),
         }
         for m, r in report.items()
         if "rows" in r
+        for graph, g in (("fp32", r), ("fp16", r.get("fp16")))
+        if g
     ]
     if rows:
         typer.echo(table(rows, ".2e"))

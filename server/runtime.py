@@ -29,17 +29,36 @@ RANKER_HEAD = "head.pt"  # the head's parameters
 TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
 INDEX_VECTORS = "index.npy"
 INDEX_IDS = "index.ids.json"
+PRECISIONS = ("fp32", "fp16")  # fp16: `llmrec export --fp16` also writes <graph>.fp16.onnx (fp32 in and out)
 RANK_CATALOGUE = "catalogue.json"  # the catalogue's item texts: rank warms its item-vector cache with them
 
 # Items whose rank vectors stay cached per model instance (LLMREC_RANK_CACHE_ITEMS overrides; 0 turns it off).
 RANK_CACHE_ITEMS = 20_000
 
 
+def graph_path(folder: Path, name: str, precision: str = "fp32") -> Path:
+    """<folder>/<name> for fp32, <folder>/<stem>.fp16.onnx for fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return Path(folder) / (name if precision == "fp32" else name.replace(".onnx", f".{precision}.onnx"))
+
+
+def model_precision(model_config: str | dict) -> str:
+    """The `precision` parameter of a Triton model config (the JSON that initialize() receives); fp32 if unset."""
+    config = json.loads(model_config) if isinstance(model_config, str) else model_config
+    value = config.get("parameters", {}).get("precision", {}).get("string_value", "fp32")
+    if value not in PRECISIONS:
+        raise ValueError(f"config parameter precision must be one of {PRECISIONS}, got {value!r}")
+    return value
+
+
 def _session(path: Path):
     import onnxruntime as ort
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `llmrec export` to build the model repository")
+        fp16 = ".fp16." in path.name
+        how = "`llmrec export --fp16`" if fp16 else "`llmrec export`"
+        raise FileNotFoundError(f"{path} is missing: run {how} to build the model repository")
     options = ort.SessionOptions()
     threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))  # 0: onnxruntime's default (all cores)
     options.intra_op_num_threads = threads
@@ -54,7 +73,7 @@ def _session(path: Path):
 class NoteEmbedder:
     """Item texts -> NoteLLM vectors: the training prompt cut after [EMB], through the exported graph."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, precision: str = "fp32"):
         from llmrec.training.notellm.prompts import PromptBuilder, PromptConfig
 
         folder = Path(folder)
@@ -63,7 +82,7 @@ class NoteEmbedder:
         self.prompts = PromptBuilder(tokenizer, PromptConfig(**meta["prompt"]))
         self.pad_id = tokenizer.pad_token_id
         self.dim = int(meta["emb_dim"])
-        self.session = _session(folder / NOTELLM_ONNX)
+        self.session = _session(graph_path(folder, NOTELLM_ONNX, precision))
 
     def inputs(self, items: list[dict]) -> dict[str, np.ndarray]:
         from llmrec.training.notellm.prompts import collate
@@ -217,13 +236,15 @@ class RankScorer:
     cache's capacity, so that the first requests after a (re)load are as fast as the rest.
     """
 
-    def __init__(self, folder: Path, cache_items: int | None = None, warm: bool = True):
+    def __init__(
+        self, folder: Path, cache_items: int | None = None, warm: bool = True, precision: str = "fp32"
+    ):
         from llmrec.training.eaar.model import Ranker, RankerConfig
 
         folder = Path(folder)
         self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
         self.tokenize = ServingTokenizer(folder / TOKENIZER).padded(self.config.max_tokens)
-        self.session = _session(folder / ENCODER_ONNX)
+        self.session = _session(graph_path(folder, ENCODER_ONNX, precision))
         state = torch.load(folder / RANKER_HEAD, map_location="cpu")
         hidden = int(state["hidden"])
         self.head = Ranker(self.config, None, None, hidden=hidden)

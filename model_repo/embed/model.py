@@ -10,12 +10,13 @@ import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import run_batch
 from llmrec.server.contract import as_item, decode_text
-from llmrec.server.runtime import NoteEmbedder
+from llmrec.server.runtime import NoteEmbedder, model_precision
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.embedder = NoteEmbedder(Path(args["model_repository"]) / args["model_version"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.embedder = NoteEmbedder(folder, precision=model_precision(args["model_config"]))
 
     def execute(self, requests):
         return run_batch(requests, _items, self.embedder.embed, "VECTOR", "embed")

@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import run_batch
 from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
-from llmrec.server.runtime import RankScorer
+from llmrec.server.runtime import RankScorer, model_precision
 
 
 def _texts(request, name, limit):
@@ -27,7 +27,8 @@ def _texts(request, name, limit):
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.scorer = RankScorer(Path(args["model_repository"]) / args["model_version"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.scorer = RankScorer(folder, precision=model_precision(args["model_config"]))
         labels = {"model": "rank", "version": args["model_version"]}
         # The families must outlive their metrics (Triton refuses to update a metric of a deleted family).
         self.lookups = pb_utils.MetricFamily(
