@@ -7,8 +7,8 @@ candidate texts; `similar` = a catalogue item id, k = 100. Paths: in-process (th
 the python models run, called from threads), and the server over gRPC with dynamic batching on (the
 repository as exported) and off (a copy whose configs drop `dynamic_batching`). Each runs closed-loop at
 concurrency 1 and 8 (one client per thread, each thread waits for its answer before sending the next).
-`rank` runs with its item-vector cache warm (every payload sent once first: a catalogue's items are hot
-after minutes of traffic) and, in-process and on the batching server, with the cache off
+`rank` runs with its item-vector cache warm (the model fills it with the catalogue's texts at load) and,
+in-process and on the batching server, with the cache off
 (LLMREC_RANK_CACHE_ITEMS=0: every request encodes its 110 texts, the cost of items never seen before).
 `similar` by text (a catalogue title, k = 100) runs on the batching server two ways, to decide between a
 single python model and an ensemble: fused (`similar` embeds its texts by a BLS call to `embed`) and an
@@ -172,10 +172,6 @@ def main() -> None:
         )
         print(table(rows[-1:]), flush=True)
 
-    def warm_up(make_call, model, payloads, cache):
-        # rank with its cache on: every payload once, so that the measured calls find their items cached
-        closed_loop(make_call, payloads, 1, len(payloads) if model == "rank" and cache else 2)
-
     # In-process: the runtime classes the python models use, shared by the threads (as in one model instance).
     index = runtime.ItemIndex.load(args.repo / "similar" / "1")
     for cache in (False, True):
@@ -187,7 +183,7 @@ def main() -> None:
         for model, (payloads, n) in workloads.items():
             if model != "rank" and not cache:
                 continue  # only rank has a cache
-            warm_up(local[model], model, payloads, cache)
+            closed_loop(local[model], payloads, 1, 2)  # warm-up (rank's cache is warm from load)
             for c in levels:
                 path = "in-process" if cache else "in-process, cache off"
                 n_calls = n if cache else args.rank_requests
@@ -215,7 +211,7 @@ def main() -> None:
             for model, (payloads, n) in workloads.items():
                 if model != "rank" and not cache:
                     continue
-                warm_up(client_call(model), model, payloads, cache)
+                closed_loop(client_call(model), payloads, 1, 2)  # warm-up
                 for c in levels:
                     before = metrics.scrape(server.metrics_url)
                     result = closed_loop(client_call(model), payloads, c, n if cache else args.rank_requests)
