@@ -1,77 +1,131 @@
 """One dynamic batch in a Triton python model: check each request, compute the good ones together.
 
-A bad request (BadRequest from `parse`) gets its own INVALID_ARG error; the rows of the others go through
-`compute` in one call, and each request gets back its own slice of the result. If `compute` itself fails,
-the requests of that batch get the reason and the model keeps serving. Imported only inside the python
-backend's stub, where `triton_python_backend_utils` exists.
+    return run_batch(requests, parse, compute, respond, "embed")
+
+`parse(request)` turns one request into its rows (a BadRequest refuses it), `compute(rows)` maps the rows
+of all good requests to one result each, `respond(results)` turns one request's results into its output
+tensors. The promise kept here: a request's failure stays in that request's response.
+
+- A request `parse` refuses gets its own INVALID_ARG error naming the problem; anything else `parse`
+  raises (a bug, or an input no check foresaw) fails that request alone, as INTERNAL.
+- If `compute` fails on the batch, each request is computed again on its own, so that only the
+  requests that fail alone get an error (BadRequest from `compute` -> INVALID_ARG, else INTERNAL);
+  their neighbours are answered. The cost (one pass per request) is paid only on that path.
+- Nothing escapes `execute`: an exception out of a python model's execute() under concurrent traffic
+  crashed this tritonserver build (SIGSEGV in libtriton_python.so), taking every model down.
+- Overload (`Overloaded`, e.g. a BLS call refused by a full queue) is not a fault of any request: the
+  whole batch gets UNAVAILABLE at once, which clients retry with backoff, and nothing is recomputed.
+- Every error response gets its own TritonError object: one object shared by several responses of a
+  batch was part of the same crash.
 
 Triton books a python model's error responses as successes (nv_inference_request_failure stays 0), so
 every error response is also counted here, on Triton's /metrics, as
-`llmrec_request_errors_total{model, kind="invalid_argument"|"internal"}`.
+`llmrec_request_errors_total{model, kind="invalid_argument"|"unavailable"|"internal"}`. Imported only inside the
+python backend's stub, where `triton_python_backend_utils` exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from llmrec.server.contract import BadRequest
+
+MAX_ERROR_CHARS = 1_000  # an error message never echoes a huge input back
+
+
+class Overloaded(RuntimeError):
+    """A model this one calls refused for load (its queue is full or timed out): UNAVAILABLE, retryable."""
 
 
 def run_batch(
     requests: list,
     parse: Callable[[object], list],
     compute: Callable[[list], Sequence],
-    output: str,
+    respond: Callable[[Sequence], list],
     what: str,
 ) -> list:
-    """Responses for `requests`: `parse` turns one request into its rows, `compute` maps all rows to one
-    result row each, and request i gets its rows' results as the FP32 tensor `output`."""
-    import triton_python_backend_utils as pb_utils
-
-    responses, parsed = parse_each(requests, parse, what)
-    if not parsed:
-        return responses
+    """Exactly one response per request, in order (see the module docstring)."""
+    responses: list = [None] * len(requests)
     try:
-        results = compute([row for _, rows in parsed for row in rows])
-    except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
-        return fail_batch(responses, parsed, what, e)
-    start = 0
-    for i, rows in parsed:
-        out = np.ascontiguousarray(np.asarray(results[start : start + len(rows)]), dtype=np.float32)
-        start += len(rows)
-        responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(output, out)])
+        parsed = _parse_each(requests, parse, responses, what)
+        if parsed:
+            try:
+                _answer(parsed, compute(_rows(parsed)), respond, responses, what)
+            except Overloaded as e:
+                for i, _ in parsed:
+                    _fail(responses, i, what, e)
+            except Exception as e:
+                if len(parsed) == 1:
+                    _fail(responses, parsed[0][0], what, e)
+                else:  # find the request(s) that fail alone; the others are answered
+                    for one in parsed:
+                        try:
+                            _answer([one], compute(one[1]), respond, responses, what)
+                        except Exception as e_one:
+                            _fail(responses, one[0], what, e_one)
+    except Exception as e:  # the last guard: nothing may leave execute()
+        for i, response in enumerate(responses):
+            if response is None:
+                _fail(responses, i, what, e)
     return responses
 
 
-def parse_each(requests: list, parse: Callable[[object], object], what: str) -> tuple[list, list]:
-    """(responses, parsed): an INVALID_ARG error response for each request `parse` refuses (BadRequest),
-    None for the others, and (position, parse(request)) for each of those."""
+def input_of(request, name: str, required: bool = True):
+    """The named input of a request as a numpy array; None if it is absent and optional."""
     import triton_python_backend_utils as pb_utils
 
-    responses: list = [None] * len(requests)
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if required:
+            raise BadRequest(f"input {name!r} is missing")
+        return None
+    return tensor.as_numpy()
+
+
+def _rows(parsed: list) -> list:
+    return [row for _, rows in parsed for row in rows]
+
+
+def _parse_each(requests: list, parse: Callable, responses: list, what: str) -> list:
+    """[(position, rows)] of the requests `parse` accepts; the others get their error response."""
     parsed = []
     for i, request in enumerate(requests):
         try:
             parsed.append((i, parse(request)))
-        except BadRequest as e:
-            responses[i] = pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-            )
-    count_errors(what, "invalid_argument", len(requests) - len(parsed))
-    return responses, parsed
+        except Exception as e:
+            _fail(responses, i, what, e)
+    return parsed
 
 
-def fail_batch(responses: list, parsed: list, what: str, error: Exception) -> list:
-    """The batch's computation failed: every parsed request gets the reason; the model stays up."""
+def _answer(parsed: list, results: Sequence, respond: Callable, responses: list, what: str) -> None:
     import triton_python_backend_utils as pb_utils
 
-    failure = pb_utils.TritonError(f"{what} failed: {type(error).__name__}: {error}")
-    for i, _ in parsed:
-        responses[i] = pb_utils.InferenceResponse(error=failure)
-    count_errors(what, "internal", len(parsed))
-    return responses
+    if len(results) != len(_rows(parsed)):
+        raise RuntimeError(f"{what} computed {len(results)} results for {len(_rows(parsed))} rows")
+    start, answers = 0, []
+    for i, rows in parsed:  # all responses built before any is stored: a failure leaves none half-written
+        answers.append((i, pb_utils.InferenceResponse(respond(results[start : start + len(rows)]))))
+        start += len(rows)
+    for i, response in answers:
+        responses[i] = response
+
+
+def _fail(responses: list, i: int, what: str, error: Exception) -> None:
+    """Request i gets its own error response: INVALID_ARG for a BadRequest, INTERNAL otherwise."""
+    import triton_python_backend_utils as pb_utils
+
+    if isinstance(error, BadRequest):
+        code, kind, message = pb_utils.TritonError.INVALID_ARG, "invalid_argument", str(error)
+    elif isinstance(error, Overloaded):
+        code, kind, message = pb_utils.TritonError.UNAVAILABLE, "unavailable", f"{what}: {error}"
+    else:
+        code, kind = pb_utils.TritonError.INTERNAL, "internal"
+        message = f"{what} failed: {type(error).__name__}: {error}"
+        pb_utils.Logger.log_error(message[:MAX_ERROR_CHARS])
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + " ..."
+    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+    count_errors(what, kind, 1)
 
 
 _ERROR_METRICS: dict = {}  # the family and its metrics, made at the first error (one model per stub process)

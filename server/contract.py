@@ -67,6 +67,12 @@ RANK = Model(
     max_batch_size=16,
 )
 MODELS = {m.name: m for m in (EMBED, SIMILAR, RANK)}
+LOAD_ORDER = ("embed", "similar", "rank")  # similar checks its index against embed's dimension
+
+# The header that carries the control key: Triton's model-repository, model-config, shared-memory, trace
+# and logging APIs refuse calls without it (llmrec.server.launcher). gRPC metadata keys are lower case.
+CONTROL_HEADER = "llmrec-control-key"  # over HTTP
+GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"  # over gRPC Triton expects this prefix
 
 
 class BadRequest(ValueError):
@@ -88,39 +94,52 @@ def decode_text(raw: bytes | str, what: str) -> str:
     return text
 
 
-def as_item(text: str) -> dict:
-    """The item fields of a text: a JSON object {"title", "topic", "content"}, or a plain string (the title)."""
+def as_item(text: str, what: str = "the text") -> dict:
+    """The item fields of a text: a JSON object {"title", "topic", "content"}, or a plain string (the title).
+
+    A text that does not parse as JSON is a plain title; one that parses but nests too deeply or holds a
+    number too long to convert is refused (BadRequest naming `what`), as is a field that is not text."""
     if text.lstrip().startswith("{"):
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
             obj = None
+        except RecursionError:
+            raise BadRequest(f"{what} is JSON nested too deeply") from None
+        except ValueError as e:  # e.g. an integer of more than 4,300 digits
+            raise BadRequest(f"{what} is JSON that cannot be read: {e}") from None
         if isinstance(obj, dict):
-            title = str(obj.get("title") or "").strip()
-            if not title:
-                raise BadRequest("a JSON item text needs a non-empty 'title'")
-            return {
-                "title": title,
-                "topic": str(obj.get("topic") or ""),
-                "content": str(obj.get("content") or ""),
-                "category": "",
-                "tags": [],
-            }
+            fields = {}
+            for field in ("title", "topic", "content"):
+                value = obj.get(field)
+                if value is not None and not isinstance(value, str | int | float):
+                    raise BadRequest(f"{what}: field {field!r} must be a string, got {type(value).__name__}")
+                fields[field] = "" if value is None else str(value).strip()
+            if not fields["title"]:
+                raise BadRequest(f"{what}: a JSON item text needs a non-empty 'title'")
+            return {**fields, "category": "", "tags": []}
     return {"title": text, "topic": "", "content": "", "category": "", "tags": []}
 
 
-def check_vectors(vectors, dim: int):
-    """Query vectors of `similar`: (n, dim), finite, not all zero."""
+def check_vectors(vectors, dim: int) -> np.ndarray:
+    """Query vectors of `similar`: (n, dim), finite, not all zero; returned L2-normalised (float32).
+
+    Normalised in float64 after dividing each row by its largest magnitude, so that a row scaled by
+    1e30 (whose squares overflow float32) or by 1e-44 (subnormal) keeps its direction."""
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise BadRequest(
             f"VECTOR must have {dim} values per row (the index's dimension), got shape {vectors.shape}"
         )
     if not np.isfinite(vectors).all():
         raise BadRequest("VECTOR contains NaN or infinite values")
-    zero = np.flatnonzero(~vectors.any(axis=1))
+    rows = vectors.astype(np.float64)
+    scale = np.abs(rows).max(axis=1, keepdims=True)
+    zero = np.flatnonzero(scale[:, 0] == 0)
     if zero.size:
         raise BadRequest(f"VECTOR row {zero[0]} is all zeros: it has no direction to compare")
-    return vectors
+    rows /= scale
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows.astype(np.float32)
 
 
 def check_k(k: int, available: int) -> int:

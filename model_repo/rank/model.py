@@ -9,15 +9,16 @@ Triton's /metrics as `llmrec_rank_item_cache_lookups_total{result="hit"|"miss"}`
 
 from pathlib import Path
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llmrec.server.batch import run_batch
+from llmrec.server.batch import input_of, run_batch
 from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
 from llmrec.server.runtime import RankScorer, model_precision
 
 
 def _texts(request, name, limit):
-    values = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+    values = input_of(request, name)
     if values.shape[-1] == 0:
         raise BadRequest(f"{name} is empty: give at least one text")
     if values.shape[-1] > limit:
@@ -47,7 +48,7 @@ class TritonPythonModel:
         self.booked = (0, 0)
 
     def execute(self, requests):
-        responses = run_batch(requests, _users, self.scorer.score, "SCORES", "rank")
+        responses = run_batch(requests, _users, self.scorer.score, _scores, "rank")
         cache = self.scorer.cache
         try:  # the answers are computed: a metrics failure is logged, never turned into failed requests
             self.hits.increment(cache.hits - self.booked[0])
@@ -63,3 +64,7 @@ def _users(request):
     history = _texts(request, "HISTORY", MAX_HISTORY)
     candidates = _texts(request, "CANDIDATES", MAX_CANDIDATES)
     return list(zip(history, candidates, strict=True))
+
+
+def _scores(results):
+    return [pb_utils.Tensor("SCORES", np.ascontiguousarray(np.stack(results), dtype=np.float32))]

@@ -1,10 +1,11 @@
 """Triton python model `similar`: ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k].
 
-The item index (llmrec.server.runtime.ItemIndex) is read at load: a malformed index fails this version's
-load with the reason, and a server that already serves an older version keeps serving it. Text queries
-are embedded by the `embed` model (a BLS call), item-id queries read their vector from the index and
-never return themselves, vector queries are used as given (normalised). All queries of a dynamic batch
-share one top-k call (the largest K; smaller K take a prefix, since results come best first).
+The item index (llmrec.server.runtime.ItemIndex) is read at load: a malformed index, or one whose
+dimension differs from the `embed` model's, fails this version's load with the reason, and a server that
+already serves an older version keeps serving it. Text queries are embedded by the `embed` model (a BLS
+call), item-id queries read their vector from the index and never return themselves, vector queries are
+used as given (normalised). All queries of a dynamic batch share one top-k call (the largest K; smaller
+K take a prefix, since results come best first); a bad request gets its own error (llmrec.server.batch).
 """
 
 from pathlib import Path
@@ -12,40 +13,37 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llmrec.server.batch import fail_batch, parse_each
+from llmrec.server.batch import Overloaded, input_of, run_batch
 from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, check_vectors, decode_text
-from llmrec.server.runtime import ItemIndex
-
-
-def _optional(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
+from llmrec.server.runtime import ItemIndex, check_index_matches_embed
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"])
+        check_index_matches_embed(self.index.dim, Path(args["model_repository"]).parent)
 
     def _parse(self, request):
-        """(k, query vectors or None, texts to embed or None, the item each row excludes or None)."""
-        ids, texts = _optional(request, "ITEM_ID"), _optional(request, "TEXT")
-        vectors = _optional(request, "VECTOR")
+        """One row per query: (k, query vector or None, text to embed or None, the item it excludes or None)."""
+        ids = input_of(request, "ITEM_ID", required=False)
+        texts = input_of(request, "TEXT", required=False)
+        vectors = input_of(request, "VECTOR", required=False)
         if sum(x is not None for x in (ids, texts, vectors)) != 1:
             raise BadRequest("give exactly one of ITEM_ID, TEXT and VECTOR")
-        ks = pb_utils.get_input_tensor_by_name(request, "K").as_numpy().reshape(-1)
+        ks = input_of(request, "K").reshape(-1)
         if len(set(ks.tolist())) != 1:
-            raise BadRequest(f"all rows of a request share one K, got {sorted(set(ks.tolist()))}")
+            raise BadRequest(f"all rows of a request share one K, got {sorted(set(ks.tolist()))[:5]}")
         if ids is not None:
             item_ids = [decode_text(t, f"ITEM_ID[{r}]") for r, t in enumerate(ids.reshape(-1))]
-            vectors = self.index.vectors_of(item_ids)  # unknown ids raise BadRequest
-            return check_k(int(ks[0]), len(self.index) - 1), vectors, None, item_ids
+            k = check_k(int(ks[0]), len(self.index) - 1)
+            return [(k, v, None, i) for v, i in zip(self.index.vectors_of(item_ids), item_ids, strict=True)]
+        k = check_k(int(ks[0]), len(self.index))
         if vectors is not None:
-            vectors = check_vectors(vectors, self.index.dim)
-            return check_k(int(ks[0]), len(self.index)), vectors, None, [None] * len(vectors)
+            return [(k, v, None, None) for v in check_vectors(vectors, self.index.dim)]
         texts = texts.reshape(-1)
         for r, t in enumerate(texts):
-            as_item(decode_text(t, f"TEXT[{r}]"))  # refuses what `embed` would
-        return check_k(int(ks[0]), len(self.index)), None, texts, [None] * len(texts)
+            as_item(decode_text(t, f"TEXT[{r}]"), f"TEXT[{r}]")  # refuses what `embed` would
+        return [(k, None, t, None) for t in texts]
 
     def _embed(self, texts):
         out = []
@@ -55,37 +53,32 @@ class TritonPythonModel:
                 model_name="embed", requested_output_names=["VECTOR"], inputs=[pb_utils.Tensor("TEXT", chunk)]
             ).exec()
             if response.has_error():
-                raise RuntimeError(f"the embed model failed: {response.error().message()}")
-            out.append(pb_utils.get_output_tensor_by_name(response, "VECTOR").as_numpy())
+                error = response.error()
+                if error.code() == pb_utils.TritonError.UNAVAILABLE:  # embed's queue is full or timed out
+                    raise Overloaded(f"the embed model is overloaded: {error.message()}")
+                raise RuntimeError(f"the embed model failed: {error.message()}")
+            vectors = pb_utils.get_output_tensor_by_name(response, "VECTOR").as_numpy()
+            if vectors.shape != (len(chunk), self.index.dim):
+                raise RuntimeError(
+                    f"the embed model gave vectors of shape {vectors.shape}, the index has {self.index.dim}-d"
+                )
+            out.append(vectors)
         return np.concatenate(out)
 
+    def _search(self, rows):
+        """(ids, scores) of each row, its own k of them."""
+        texts = [text for _, _, text, _ in rows if text is not None]
+        embedded = iter(self._embed(texts) if texts else ())
+        queries = np.stack([next(embedded) if text is not None else v for _, v, text, _ in rows])
+        k_max = max(k for k, _, _, _ in rows)
+        ids, scores = self.index.search(queries, k_max, [exclude for _, _, _, exclude in rows])
+        return [(i[:k], s[:k]) for (k, _, _, _), i, s in zip(rows, ids, scores, strict=True)]
+
     def execute(self, requests):
-        # parsed: (position, (k, query vectors, texts to embed, excluded items))
-        responses, parsed = parse_each(requests, self._parse, "similar")
-        if not parsed:
-            return responses
-        try:
-            texts = [t for _, (_, _, q, _) in parsed if q is not None for t in q]
-            embedded = self._embed(texts) if texts else None
-            queries, start = [], 0
-            for _, (_, vectors, q, _) in parsed:
-                if q is not None:
-                    queries.append(embedded[start : start + len(q)])
-                    start += len(q)
-                else:
-                    queries.append(vectors)
-            k_max = max(k for _, (k, _, _, _) in parsed)
-            exclude = [e for _, (_, _, _, ex) in parsed for e in ex]
-            ids, scores = self.index.search(np.concatenate(queries), k_max, exclude)
-        except Exception as e:  # keep serving: the batch fails with the reason, the model stays up
-            return fail_batch(responses, parsed, "similar", e)
-        row = 0
-        for i, (k, _, _, ex) in parsed:
-            rows = slice(row, row + len(ex))
-            row += len(ex)
-            out_ids = np.array([r[:k] for r in ids[rows]], dtype=np.object_)
-            out_scores = np.ascontiguousarray(scores[rows, :k], dtype=np.float32)
-            responses[i] = pb_utils.InferenceResponse(
-                [pb_utils.Tensor("ITEM_IDS", out_ids), pb_utils.Tensor("SCORES", out_scores)]
-            )
-        return responses
+        return run_batch(requests, self._parse, self._search, _neighbours, "similar")
+
+
+def _neighbours(results):
+    ids = np.array([i for i, _ in results], dtype=np.object_)
+    scores = np.ascontiguousarray(np.stack([s for _, s in results]), dtype=np.float32)
+    return [pb_utils.Tensor("ITEM_IDS", ids), pb_utils.Tensor("SCORES", scores)]

@@ -3,12 +3,13 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from llmrec.server import contract
-from llmrec.server.contract import BadRequest, as_item, check_k, decode_text
+from llmrec.server.contract import BadRequest, as_item, check_k, check_vectors, decode_text
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
 DTYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
@@ -44,6 +45,11 @@ def test_config_matches_the_contract(name, target):
     assert tensors(config.input) == expected(model.inputs)
     assert tensors(config.output) == expected(model.outputs)
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    # overload is refused with UNAVAILABLE, not queued without limit
+    policy = config.dynamic_batching.default_queue_policy
+    assert 0 < policy.max_queue_size <= 1024
+    assert 0 < policy.default_timeout_microseconds <= 1_000_000
+    assert model_config_pb2.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action) == "REJECT"
     assert config.version_policy.latest.num_versions == 1
     for warmup in config.model_warmup:  # warm-up requests name real inputs
         assert set(warmup.inputs) <= {t.name for t in model.inputs}
@@ -53,10 +59,8 @@ def test_config_matches_the_contract(name, target):
 def test_python_model_reads_and_writes_only_contract_tensors(name):
     source = (REPO / name / "model.py").read_text()
     model = contract.MODELS[name]
-    read = set(re.findall(r'get_input_tensor_by_name\(request, "(\w+)"\)', source))
-    read |= set(re.findall(r'_(?:optional|texts)\(request, "(\w+)"', source))
+    read = set(re.findall(r'(?:input_of|_texts)\(request, "(\w+)"', source))  # llmrec.server.batch
     written = set(re.findall(r'pb_utils\.Tensor\("(\w+)"', source))
-    written |= set(re.findall(r'run_batch\(requests, \w+, [\w.]+, "(\w+)"', source))  # llmrec.server.batch
     if name == "similar":
         written.discard("TEXT")  # the input of its BLS call to `embed`
     assert read == {t.name for t in model.inputs}
@@ -84,6 +88,40 @@ def test_item_texts_are_plain_or_json():
     assert as_item("{not json")["title"] == "{not json"
     with pytest.raises(BadRequest, match="needs a non-empty 'title'"):
         as_item('{"topic": "x"}')
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"title": ' + "[" * 5000 + "]" * 5000 + "}", r"TEXT\[0\] is JSON nested too deeply"),
+        ('{"title": ' + "1" * 5000 + "}", r"TEXT\[0\] is JSON that cannot be read: Exceeds the limit"),
+        ('{"title": {"a": 1}}', r"TEXT\[0\]: field 'title' must be a string, got dict"),
+        ('{"title": "x", "content": [1, 2]}', r"field 'content' must be a string, got list"),
+    ],
+    ids=["nested", "5000 digits", "dict title", "list content"],
+)
+def test_malformed_json_item_texts_are_refused_by_name(text, message):
+    with pytest.raises(BadRequest, match=message):
+        as_item(text, "TEXT[0]")
+
+
+def test_numbers_in_json_fields_are_read_as_text():
+    assert as_item('{"title": 1984, "topic": 2.5}') | {"category": "", "tags": []} == {
+        "title": "1984",
+        "topic": "2.5",
+        "content": "",
+        "category": "",
+        "tags": [],
+    }
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-44, 1.0, 3e38])
+def test_query_vectors_keep_their_direction_at_any_scale(scale):
+    direction = np.array([[3.0, -4.0, 0.0, 12.0]]) / 13.0
+    vectors = (direction * scale).astype(np.float32)
+    got = check_vectors(vectors, 4)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, direction, atol=1e-6 if scale > 1e-40 else 0.2)
 
 
 def test_k_checks():
