@@ -9,6 +9,11 @@
 Every graph is checked against PyTorch before it is written (parity.py); the report goes to
 <artifacts>/export/parity-v<version>.json (`llmrec export`). A new `similar` version holds a new index; loading it replaces the
 served one (version_policy latest 1), and a bad index fails that load while the old version keeps serving.
+
+Publishing: a version is written into a hidden folder (.<version>.tmp), checked (parity, the index against
+the embed model's dimension), sealed with a manifest of its files' sizes and checksums
+(llmrec.server.versions), and only then renamed into place; a server restarted later serves the newest
+version whose files still match its manifest and that loads.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
-from llmrec.server import runtime, tokenizer
+from llmrec.server import runtime, tokenizer, versions
 
 SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
 WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]
@@ -57,8 +62,10 @@ def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[s
 
 
 def _publish(tmp: Path) -> Path:
-    """Move a finished version folder into place (a server polling the repository never sees half a version)."""
+    """Seal a finished, checked version folder and move it into place (a server polling the repository
+    never sees half a version)."""
     final = tmp.with_name(tmp.name[1:].removesuffix(".tmp"))
+    versions.seal(tmp, final.parent.name, int(final.name))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
@@ -168,7 +175,9 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
 
 
 def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int = 1) -> Path:
-    """The catalogue's vectors -> <repo>/similar/<version>/ (checked as the server will check them)."""
+    """The catalogue's vectors -> <repo>/similar/<version>/ (checked as the server will check them: an
+    index of another dimension than the repository's embed model is refused)."""
+    runtime.check_index_matches_embed(int(np.asarray(vectors).shape[-1]), repo)
     folder = _model_folder(repo, "similar", version)
     np.save(folder / runtime.INDEX_VECTORS, np.asarray(vectors, dtype=np.float32))
     (folder / runtime.INDEX_IDS).write_text(json.dumps(list(ids)))

@@ -170,6 +170,31 @@ class ItemIndex:
         return [[self.ids[r] for r in row] for row in rows], scores.cpu().numpy()
 
 
+def embed_dim(repo: Path) -> tuple[int, int] | None:
+    """(version, vector dimension) of the newest `embed` version in a model repository that has its
+    metadata; None where the repository has no `embed` model."""
+    versions = sorted(
+        (int(p.name) for p in (Path(repo) / "embed").glob("[1-9]*") if p.name.isdigit()), reverse=True
+    )
+    for version in versions:
+        meta = Path(repo) / "embed" / str(version) / NOTELLM_META
+        try:
+            return version, int(json.loads(meta.read_text())["emb_dim"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a broken version: the server skips it too
+    return None
+
+
+def check_index_matches_embed(dim: int, repo: Path) -> None:
+    """An index must have the dimension of the vectors `embed` gives, or every text query would fail."""
+    found = embed_dim(repo)
+    if found is not None and found[1] != dim:
+        raise ValueError(
+            f"the item index is {dim}-d but the embed model (version {found[0]}) gives {found[1]}-d "
+            "vectors: export the index from the NoteLLM run the embed model was exported from"
+        )
+
+
 class VectorCache:
     """Least-recently-used map of item text -> item vector, bounded in entries; counts hits and misses.
 

@@ -28,7 +28,10 @@ def load_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"vector file {path} does not exist")
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # a truncated or foreign file: pyarrow raises many kinds
+            raise ValueError(f"vector file {path} is not a readable parquet file: {e}") from None
         if not {"item_id", "vector"} <= set(df.columns):
             raise ValueError(f"{path}: needs columns item_id and vector, found {list(df.columns)}")
         ids = df["item_id"].astype(str).tolist()
@@ -37,11 +40,17 @@ def load_vectors(path: Path) -> tuple[list[str], np.ndarray]:
             raise ValueError(f"{path}: vectors have mixed dimensions {sorted(dims)}")
         vectors = np.stack(df["vector"].to_numpy()).astype(np.float32)
     else:
-        vectors = np.load(path).astype(np.float32)
+        try:
+            vectors = np.load(path, allow_pickle=False).astype(np.float32)
+        except Exception as e:  # a truncated or foreign file: numpy raises many kinds
+            raise ValueError(f"vector file {path} is not a readable .npy file: {e}") from None
         ids_path = path.with_suffix(".ids.json")
         if not ids_path.is_file():
             raise FileNotFoundError(f"{path} has no item ids next to it ({ids_path.name})")
-        ids = [str(i) for i in json.loads(ids_path.read_text())]
+        try:
+            ids = [str(i) for i in json.loads(ids_path.read_text())]
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"item ids {ids_path} are not a JSON list: {e}") from None
     if vectors.ndim != 2 or len(vectors) != len(ids):
         raise ValueError(f"{path}: {vectors.shape} vectors for {len(ids)} ids")
     if len(set(ids)) != len(ids):
