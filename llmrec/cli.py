@@ -381,28 +381,72 @@ def serve(
     target: Annotated[
         str, typer.Option(help="cpu (config.pbtxt) or gpu (configs/gpu.pbtxt, needs CUDA).")
     ] = "cpu",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate: gRPC runs TLS (HTTP then listens on 127.0.0.1 only)."),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
 ) -> None:
-    """Run the embedded tritonserver on the model repository until Ctrl-C."""
+    """Run the embedded tritonserver on the model repository until Ctrl-C or SIGTERM.
+
+    The control API (load/unload, repository index, configs) needs the key in LLMREC_CONTROL_KEY; without
+    one, a random key is made and written to <artifacts>/server/control.key (mode 0600)."""
+    import os
     import signal
 
+    from llmrec.server.client import CONTROL_KEY_ENV
     from llmrec.server.launcher import ServerError, TritonServer
 
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail(ValueError("give both --tls-cert and --tls-key, or neither"))
+
+    def interrupt(signum, frame):  # SIGTERM stops like Ctrl-C, also while the server is starting
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    key = os.environ.get(CONTROL_KEY_ENV)
+    server = None
     try:
-        server = TritonServer(_repo(repo), host, http_port, grpc_port, metrics_port, target=target)
+        server = TritonServer(
+            _repo(repo),
+            host,
+            http_port,
+            grpc_port,
+            metrics_port,
+            target=target,
+            control_key=key,
+            tls=(tls_cert, tls_key) if tls_cert else None,
+        )
+        if key is None:
+            key_file = artifacts_dir() / "server" / "control.key"
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
+            key_file.chmod(0o600)
+            key_file.write_text(server.control_key)
         server.start()
+        for line in server.report():
+            typer.echo(line)
+        typer.echo(
+            f"serving {server.repo}: gRPC {server.grpc_url}{' (TLS)' if server.tls else ''}, "
+            f"HTTP {server.http_url}, metrics {server.metrics_url}"
+        )
+        where = f"${CONTROL_KEY_ENV}" if key else f"{key_file} (or set ${CONTROL_KEY_ENV})"
+        typer.echo(f"control key: {where}; log: {server.log_path}; Ctrl-C or SIGTERM stops")
+        status = server.process.wait()
+        typer.secho(
+            f"tritonserver exited on its own with status {status} (log: {server.log_path}):\n"
+            f"{server.log_tail(20)}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
     except (ServerError, FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
-    typer.echo(
-        f"serving {server.repo}: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}"
-    )
-    typer.echo(f"log: {server.log_path}; Ctrl-C stops")
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 @app.command("serve-demo")

@@ -6,15 +6,20 @@
     client.rank(history=[...], candidates=[...]) # one score per candidate
     client.embed(["Toy Story (1995)"])           # (n, d) L2-normalised
 
-Every call has a deadline (`timeout` seconds), is retried with exponential backoff while the server
-answers UNAVAILABLE (starting, overloaded, restarting), and raises `ServingError` naming the model, the
-gRPC status and the server's message otherwise. Latency goes to the `llmrec_client_request_seconds`
+Every call has a deadline (`timeout` seconds), is retried with exponential backoff (with jitter) while the
+server answers UNAVAILABLE (starting, restarting, or overloaded: a model's queue is full or its queue
+timeout passed), and raises `ServingError` naming the model, the gRPC status and the server's message
+otherwise. `reload` is a control call: it needs the server's control key (`control_key=`, else the
+environment variable LLMREC_CONTROL_KEY). `ssl=True` (with `root_certificates=` a PEM file for a private
+CA or a self-signed server) talks TLS to a server started with `llmrec serve --tls-cert ... --tls-key ...`. Latency goes to the `llmrec_client_request_seconds`
 histogram (per method and status) of llmrec.server.metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +32,18 @@ from llmrec.server import contract
 from llmrec.server.metrics import observe
 
 RETRYABLE = ("StatusCode.UNAVAILABLE",)
+CONTROL_KEY_ENV = "LLMREC_CONTROL_KEY"
+
+
+def _delay(backoff: float, attempt: int) -> float:
+    """Exponential backoff with jitter, so that refused callers do not come back in lockstep."""
+    return backoff * 2**attempt * random.uniform(0.5, 1.5)
+
+
+def _channel(ssl: bool, root_certificates: str | os.PathLike | None) -> dict:
+    if root_certificates is not None and not ssl:
+        raise ValueError("root_certificates is for TLS: pass ssl=True too")
+    return {"ssl": ssl, "root_certificates": None if root_certificates is None else str(root_certificates)}
 
 
 class ServingError(RuntimeError):
@@ -97,21 +114,30 @@ def _status(e: InferenceServerException) -> str:
 
 class RankingClient:
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout: float = 10.0, retries: int = 3, backoff: float = 0.1
+        self,
+        url: str = "127.0.0.1:8001",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        control_key: str | None = None,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike | None = None,
     ):
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
-        self.grpc = grpcclient.InferenceServerClient(url)
+        self.control_key = control_key or os.environ.get(CONTROL_KEY_ENV)
+        self.grpc = grpcclient.InferenceServerClient(url, **_channel(ssl, root_certificates))
 
-    def _call(self, method: str, fn: Callable):
-        for attempt in range(self.retries + 1):
+    def _call(self, method: str, fn: Callable, retry: bool = True):
+        retries = self.retries if retry else 0
+        for attempt in range(retries + 1):
             started = time.perf_counter()
             try:
                 out = fn()
             except InferenceServerException as e:
                 status = _status(e)
                 observe(method, status, time.perf_counter() - started)
-                if status in RETRYABLE and attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
+                if status in RETRYABLE and attempt < retries:
+                    time.sleep(_delay(self.backoff, attempt))
                     continue
                 raise ServingError(method, status, e.message()) from None
             observe(method, "OK", time.perf_counter() - started)
@@ -146,8 +172,15 @@ class RankingClient:
     def reload(self, model: str) -> None:
         """Re-read a model's versions from the repository (a new index version replaces the served one).
 
-        If the new version fails to load, the server keeps serving the old one and this raises with why."""
-        self._call("reload", lambda: self.grpc.load_model(model, client_timeout=max(self.timeout, 120.0)))
+        If the new version fails to load, the server keeps serving the old one and this raises with why.
+        Without the server's control key the server refuses (ServingError, StatusCode.UNAVAILABLE is not
+        retried here: the key will not appear by waiting)."""
+        headers = {contract.GRPC_CONTROL_HEADER: self.control_key} if self.control_key else None
+        self._call(
+            "reload",
+            lambda: self.grpc.load_model(model, headers=headers, client_timeout=max(self.timeout, 120.0)),
+            retry=False,
+        )
 
     def health(self) -> dict:
         """live, ready, and each public model's readiness (False where the server cannot be reached)."""
@@ -175,12 +208,18 @@ class AsyncRankingClient:
     """The same calls for asyncio code: `await client.rank(...)`."""
 
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout: float = 10.0, retries: int = 3, backoff: float = 0.1
+        self,
+        url: str = "127.0.0.1:8001",
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike | None = None,
     ):
         import tritonclient.grpc.aio as aio
 
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
-        self.grpc = aio.InferenceServerClient(url)
+        self.grpc = aio.InferenceServerClient(url, **_channel(ssl, root_certificates))
 
     async def _infer(self, method: str, request: tuple[str, list, list[str]]) -> list[np.ndarray]:
         model, inputs, outputs = request
@@ -193,7 +232,7 @@ class AsyncRankingClient:
                 status = _status(e)
                 observe(method, status, time.perf_counter() - started)
                 if status in RETRYABLE and attempt < self.retries:
-                    await asyncio.sleep(self.backoff * 2**attempt)
+                    await asyncio.sleep(_delay(self.backoff, attempt))
                     continue
                 raise ServingError(method, status, e.message()) from None
             observe(method, "OK", time.perf_counter() - started)

@@ -7,13 +7,26 @@ The python backend needs its stub next to it: a backend folder is assembled once
 cache (the wheel's libtriton_python.so + the stub for this Python), so site-packages is never modified.
 The stub runs Python in isolated mode (PYTHONPATH is ignored): this interpreter's bin/ goes first on PATH
 so that the stub finds this environment. If the server dies while starting, the error carries the tail
-of its log. Models load in explicit mode (all at start); `load_model` re-reads a model's versions.
+of its log.
+
+Safe by default:
+- The control API (load/unload, repository index, model configs, shared memory, trace, logging) answers
+  only calls that carry the header `llmrec-control-key` (llmrec.server.contract.CONTROL_HEADER) with this
+  server's key (`control_key`, random unless given); health, metadata, inference and statistics stay open.
+- gRPC can run TLS (`tls=(cert, key)`); HTTP then listens on 127.0.0.1 only (this build of Triton has
+  no TLS for HTTP), for the launcher and local probes.
+- Models load in explicit mode, by the launcher, one by one: each model serves the newest version that
+  is intact (llmrec.server.versions) and loads; newer versions it skipped are in `skipped`, with why.
+- `stop()` gives in-flight requests `exit_timeout` seconds, then kills what is left of the process
+  group, and removes the python backend's shared-memory regions (/dev/shm/<prefix>*) and the temporary
+  folder the server was given; a Ctrl-C or SIGTERM while starting stops what was started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +38,8 @@ import urllib.request
 from pathlib import Path
 
 from llmrec.paths import artifacts_dir, cache_dir
+from llmrec.server import versions
+from llmrec.server.contract import CONTROL_HEADER, LOAD_ORDER
 
 CPU_FLAGS = (
     "--allow-gpu-metrics=false",
@@ -63,9 +78,21 @@ def backend_dir() -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free ports (all held open until each is chosen: one at a time, the OS may repeat one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+# Triton's APIs that change or reveal the deployment: a call needs the control key.
+RESTRICTED = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+SHM_DIR = Path("/dev/shm")
 
 
 class ServerError(RuntimeError):
@@ -84,6 +111,9 @@ class TritonServer:
         startup_timeout: float = 180.0,
         target: str = "cpu",
         extra_args: tuple[str, ...] = (),
+        control_key: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        exit_timeout: int = 5,
     ):
         if target not in ("cpu", "gpu"):
             raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
@@ -92,13 +122,25 @@ class TritonServer:
         if not self.repo.is_dir():
             raise FileNotFoundError(f"model repository {self.repo} does not exist: run `llmrec export` first")
         self.host = host
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        self.tls = tuple(Path(p).resolve() for p in tls) if tls else None
+        for path in self.tls or ():
+            if not path.is_file():
+                raise FileNotFoundError(f"TLS file {path} does not exist")
+        self.http_host = "127.0.0.1" if self.tls else host
+        ports = iter(free_ports(3, host))
+        self.http_port = http_port or next(ports)
+        self.grpc_port = grpc_port or next(ports)
+        self.metrics_port = metrics_port or next(ports)
         self.log_path = Path(log_path or artifacts_dir() / "server" / f"tritonserver-{self.grpc_port}.log")
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        self.control_key = control_key or secrets.token_urlsafe(24)
+        self.exit_timeout = exit_timeout
+        self.shm_prefix = f"llmrec_{os.getpid()}_{self.grpc_port}_"
+        self.tmp_dir = self.log_path.parent / f"tmp-{self.grpc_port}"
         self.process: subprocess.Popen | None = None
+        self.served: dict[str, int] = {}  # model -> the version it serves
+        self.skipped: dict[str, list[tuple[int, str]]] = {}  # model -> [(newer version, why not)]
 
     # --- addresses -------------------------------------------------------------------------------
     @property
@@ -107,28 +149,42 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self.http_host}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {CONTROL_HEADER: self.control_key}
+
     # --- lifecycle -------------------------------------------------------------------------------
     def command(self) -> list[str]:
+        restricted = f"{','.join(RESTRICTED)}:{CONTROL_HEADER}={self.control_key}"
+        tls = (
+            ("--grpc-use-ssl=true", f"--grpc-server-cert={self.tls[0]}", f"--grpc-server-key={self.tls[1]}")
+            if self.tls
+            else ()
+        )
         return [
             str(_wheel() / "bin" / "tritonserver"),
             f"--model-repository={self.repo}",
             f"--backend-directory={backend_dir()}",
-            "--model-control-mode=explicit",
-            "--load-model=*",
-            f"--http-address={self.host}",
+            "--model-control-mode=explicit",  # the launcher loads each model (load_models)
+            f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+            *tls,
             "--metrics-config=summary_latencies=true",
             "--backend-config=python,shm-default-byte-size=4194304",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--exit-timeout-secs={self.exit_timeout}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             *(CPU_FLAGS if self.target == "cpu" else ("--model-config-name=gpu",)),
@@ -139,23 +195,31 @@ class TritonServer:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = f"{_libs()}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}".rstrip(os.pathsep)
+        env["TMPDIR"] = str(self.tmp_dir)  # the python backend unpacks its environments here; removed at stop
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.pop("TRITON_INTERPRET", None)  # the server runs compiled kernels on CUDA or the reference on CPU
         return env
 
     def start(self) -> TritonServer:
+        """Start tritonserver, wait until it listens, load every model; on any failure or interrupt
+        (Ctrl-C, SIGTERM turned into KeyboardInterrupt) stop what was started and re-raise."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.environment(),
-            start_new_session=True,  # its own process group: the python stubs go down with it
-        )
-        log.close()
-        self.wait_ready()
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.log_path.open("wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(),
+                    start_new_session=True,  # its own process group: the python stubs go down with it
+                )
+            self.wait_ready()
+            self.load_models()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def log_tail(self, lines: int = 40) -> str:
@@ -165,8 +229,8 @@ class TritonServer:
             return "(no log)"
 
     def is_ready(self) -> bool:
-        """Models ready and every endpoint listening: Triton starts its metrics service after
-        answering ready on HTTP (tens of ms later), so a scrape right after readiness could be refused."""
+        """Ready and every endpoint listening: Triton starts its metrics service after answering ready
+        on HTTP (tens of ms later), so a scrape right after readiness could be refused."""
         for url in (f"http://{self.http_url}/v2/health/ready", self.metrics_url):
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
@@ -176,42 +240,130 @@ class TritonServer:
                 return False
         return True
 
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise ServerError(
+                f"tritonserver exited with status {self.process.returncode} while starting "
+                f"(log: {self.log_path}):\n{self.log_tail()}"
+            )
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._kill_group()  # python stubs it started would outlive it
-                raise ServerError(
-                    f"tritonserver exited with status {self.process.returncode} while starting "
-                    f"(log: {self.log_path}):\n{self.log_tail()}"
-                )
+            self._check_alive()
             if self.is_ready():
                 return
             time.sleep(0.25)
-        self.stop()
         raise ServerError(
             f"tritonserver was not ready after {self.startup_timeout:.0f} s (log: {self.log_path}):\n{self.log_tail()}"
         )
 
+    # --- models ----------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """The repository's models (folders with a config), in load order: `embed` before its callers."""
+        names = sorted(p.parent.name for p in self.repo.glob("*/config.pbtxt"))
+        return sorted(names, key=lambda n: LOAD_ORDER.index(n) if n in LOAD_ORDER else len(LOAD_ORDER))
+
+    def _config(self, model: str):
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        folder = self.repo / model
+        path = folder / "configs" / "gpu.pbtxt" if self.target == "gpu" else folder / "config.pbtxt"
+        if not path.is_file():
+            path = folder / "config.pbtxt"
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+    def _load(self, client, model: str, version: int | None) -> None:
+        """Load `model` as its config says (version None), or pinned to one version."""
+        config = None
+        if version is not None:
+            from google.protobuf import json_format
+
+            pinned = self._config(model)
+            pinned.version_policy.Clear()
+            pinned.version_policy.specific.versions.append(version)
+            config = json_format.MessageToJson(pinned, preserving_proto_field_name=True)
+        client.load_model(model, headers=self.control_headers, config=config)
+
+    def load_models(self) -> None:
+        """Each model serves its newest version that is intact and loads; skipped versions are reported
+        (`skipped`, and the server log). A model with no version that loads stops the start."""
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client = httpclient.InferenceServerClient(
+            self.http_url, connection_timeout=self.startup_timeout, network_timeout=self.startup_timeout
+        )
+        try:
+            for model in self.models():
+                candidates = versions.versions(self.repo / model)
+                skipped: list[tuple[int, str]] = []
+                for i, version in enumerate(candidates):
+                    self._check_alive()
+                    if why := versions.problem(self.repo / model / str(version)):
+                        skipped.append((version, why))
+                        continue
+                    try:
+                        self._load(client, model, None if i == 0 else version)
+                    except InferenceServerException as e:
+                        skipped.append((version, e.message() or str(e)))
+                        continue
+                    self.served[model] = version
+                    break
+                if skipped:
+                    self.skipped[model] = skipped
+                if model not in self.served:
+                    reasons = "; ".join(f"version {v}: {why}" for v, why in skipped) or "no version folder"
+                    raise ServerError(f"model {model!r} has no version that loads ({reasons})")
+        finally:
+            client.close()
+
+    def report(self) -> list[str]:
+        """One line per model: the version it serves, and each newer version skipped with the reason."""
+        lines = []
+        for model, version in self.served.items():
+            lines.append(f"{model}: serving version {version}")
+            lines += [f"  skipped version {v}: {why}" for v, why in self.skipped.get(model, [])]
+        return lines
+
+    # --- stopping --------------------------------------------------------------------------------
     def _kill_group(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # the group is empty already
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is empty already
             os.killpg(self.process.pid, signal.SIGKILL)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is not None:
-            self._kill_group()  # the server died on its own: its stubs may not have
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+    def stop(self) -> None:
+        """SIGTERM, up to exit_timeout + 3 s for in-flight requests, then SIGKILL to the whole group; then
+        the shared-memory regions and temporary folder of this server are removed. Safe to call twice."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(self.exit_timeout + 3)
+                except subprocess.TimeoutExpired:
+                    self._kill_group()
+                    self.process.wait()
+            self._kill_group()  # python stubs that outlived the server
+            _wait_group_gone(self.process.pid)
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Killed processes take a moment to go; shared memory is removed only once none maps it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)

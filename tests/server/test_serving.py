@@ -27,7 +27,7 @@ def served(tiny_repo, tmp_path_factory):
     repo = tmp_path_factory.mktemp("served") / "repo"
     shutil.copytree(tiny_repo["repo"], repo)  # the index-version test writes into it
     with TritonServer(repo, log_path=repo.parent / "tritonserver.log") as server:
-        client = RankingClient(server.grpc_url, timeout=30.0)
+        client = RankingClient(server.grpc_url, timeout=30.0, control_key=server.control_key)
         yield {**tiny_repo, "server": server, "client": client, "repo": repo}
         client.close()
 
