@@ -59,7 +59,7 @@ serve-demo: setup  ## start the server, call similar and rank over gRPC, print t
 	$(LLMREC) serve-demo
 
 # The model repository the load tests need; built by the demo's stages when missing.
-MODEL_REPO := artifacts/model_repo/rank/1/head.pt
+MODEL_REPO := artifacts/model_repo/rank_core/1/head.pt
 $(MODEL_REPO): | $(STAMP)
 	$(MAKE) data train-notellm embed train-eaar export
 

@@ -62,7 +62,7 @@ def main() -> None:
     items = data.items.to_dict("records")
     rows = []
 
-    embedders = {p: runtime.NoteEmbedder(args.repo / "embed" / "1", p) for p in runtime.PRECISIONS}
+    embedders = {p: runtime.NoteEmbedder(args.repo / "embed_core" / "1", p) for p in runtime.PRECISIONS}
     vectors = {}
     for precision, embedder in embedders.items():
         vectors[precision] = np.concatenate(
@@ -88,7 +88,7 @@ def main() -> None:
 
     users = user_requests(data.items, split.train_interactions, split.test_interactions, args.users, 10, 100)
     scorers = {
-        p: runtime.RankScorer(args.repo / "rank" / "1", cache_items=0, precision=p)
+        p: runtime.RankScorer(args.repo / "rank_core" / "1", cache_items=0, precision=p)
         for p in runtime.PRECISIONS
     }
     scores = {}

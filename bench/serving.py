@@ -173,9 +173,9 @@ def main() -> None:
         print(table(rows[-1:]), flush=True)
 
     # In-process: the runtime classes the python models use, shared by the threads (as in one model instance).
-    index = runtime.ItemIndex.load(args.repo / "similar" / "1")
+    index = runtime.ItemIndex.load(args.repo / "similar_core" / "1")
     for cache in (False, True):
-        scorer = runtime.RankScorer(args.repo / "rank" / "1", cache_items=None if cache else 0)
+        scorer = runtime.RankScorer(args.repo / "rank_core" / "1", cache_items=None if cache else 0)
         local = {
             "rank": lambda scorer=scorer: lambda p: scorer.score([p]),
             "similar": lambda: lambda item: index.search(index.vectors_of([item]), 100, [item]),

@@ -1,10 +1,11 @@
 """Build a Triton model repository from trained runs: graphs, tokenizers, head, index, code, configs.
 
-    <repo>/<model>/config.pbtxt          from model_repo/<model>/ (checked in): the `cpu` target
-    <repo>/<model>/configs/gpu.pbtxt     the `gpu` target (tritonserver --model-config-name=gpu)
-    <repo>/<model>/<version>/model.py    from model_repo/<model>/ (checked in)
-    <repo>/<model>/<version>/...         the exported files (names: llmrec.server.runtime)
-    <repo>/<model>/warmup/...            warm-up requests named in config.pbtxt
+    <repo>/<model>/, <repo>/<model>_gate/     the public ensemble and its gate (llmrec.server.ensembles)
+    <repo>/<model>_core/config.pbtxt          from model_repo/<model>_core/ (checked in): the `cpu` target
+    <repo>/<model>_core/configs/gpu.pbtxt     the `gpu` target (tritonserver --model-config-name=gpu)
+    <repo>/<model>_core/<version>/model.py    from model_repo/<model>_core/ (checked in)
+    <repo>/<model>_core/<version>/...         the exported files (names: llmrec.server.runtime)
+    <repo>/<model>_core/warmup/...            warm-up requests named in config.pbtxt
 
 Every graph is checked against PyTorch before it is written (parity.py); the report goes to
 <artifacts>/export/parity-v<version>.json (`llmrec export`). A new `similar` version holds a new index; loading it replaces the
@@ -29,7 +30,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
-from llmrec.server import runtime, tokenizer, versions
+from llmrec.server import ensembles, runtime, tokenizer, versions
 
 SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
 WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]
@@ -45,6 +46,10 @@ def _serialized_strings(values: list[str]) -> bytes:
 
 
 def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
+    """The hidden folder that version `version` of public model `model` is written into (its core's),
+    with the core's configs, code and warm-up files, and the model's ensemble and gate in place."""
+    ensembles.write(repo, model)
+    model = ensembles.core(model)
     source = SOURCES / model
     if not (source / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{source} has no config.pbtxt: the checkout is incomplete")

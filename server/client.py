@@ -28,7 +28,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from llmrec.server import contract
+from llmrec.server import contract, ensembles
 from llmrec.server.metrics import observe
 
 RETRYABLE = ("StatusCode.UNAVAILABLE",)
@@ -170,7 +170,8 @@ class RankingClient:
         return self._infer("rank", rank_request(history, candidates))[0][0]
 
     def reload(self, model: str) -> None:
-        """Re-read a model's versions from the repository (a new index version replaces the served one).
+        """Re-read a public model's versions from the repository (a new index version replaces the served
+        one); what is versioned, and reloaded, is the model's core (llmrec.server.ensembles).
 
         If the new version fails to load, the server keeps serving the old one and this raises with why.
         Without the server's control key the server refuses (ServingError, StatusCode.UNAVAILABLE is not
@@ -178,7 +179,9 @@ class RankingClient:
         headers = {contract.GRPC_CONTROL_HEADER: self.control_key} if self.control_key else None
         self._call(
             "reload",
-            lambda: self.grpc.load_model(model, headers=headers, client_timeout=max(self.timeout, 120.0)),
+            lambda: self.grpc.load_model(
+                ensembles.core(model), headers=headers, client_timeout=max(self.timeout, 120.0)
+            ),
             retry=False,
         )
 

@@ -67,7 +67,11 @@ RANK = Model(
     max_batch_size=16,
 )
 MODELS = {m.name: m for m in (EMBED, SIMILAR, RANK)}
-LOAD_ORDER = ("embed", "similar", "rank")  # similar checks its index against embed's dimension
+LOAD_ORDER = (
+    "embed",
+    "similar",
+    "rank",
+)  # similar calls embed and checks its index against embed's dimension
 
 # The header that carries the control key: Triton's model-repository, model-config, shared-memory, trace
 # and logging APIs refuse calls without it (llmrec.server.launcher). gRPC metadata keys are lower case.

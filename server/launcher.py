@@ -260,9 +260,15 @@ class TritonServer:
 
     # --- models ----------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        """The repository's models (folders with a config), in load order: `embed` before its callers."""
-        names = sorted(p.parent.name for p in self.repo.glob("*/config.pbtxt"))
-        return sorted(names, key=lambda n: LOAD_ORDER.index(n) if n in LOAD_ORDER else len(LOAD_ORDER))
+        """The repository's models (folders with a config) in load order: the cores (`embed_core` before
+        its callers), then the gates, then the public ensembles (llmrec.server.ensembles)."""
+
+        def order(name: str) -> tuple[int, int, str]:
+            base = name.removesuffix("_core").removesuffix("_gate")
+            stage = 2 if "ensemble" in self._config(name).platform else int(name.endswith("_gate"))
+            return stage, LOAD_ORDER.index(base) if base in LOAD_ORDER else len(LOAD_ORDER), name
+
+        return sorted((p.parent.name for p in self.repo.glob("*/config.pbtxt")), key=order)
 
     def _config(self, model: str):
         from google.protobuf import text_format

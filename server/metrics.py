@@ -4,6 +4,12 @@ Client side: the `llmrec_client_request_seconds` histogram (labels: method, stat
 with `expose(port)` for Prometheus. Server side: Triton's own counters on its metrics port, read with
 `scrape()`; `server_split(before, after)` turns two scrapes into per-model request counts and mean
 queue / compute times over the window between them.
+
+A public model is an ensemble (gate -> core, llmrec.server.ensembles), and Triton's ensemble counters
+book one failed request as two failures; so a public model's row is assembled from exact counts: its
+successes from the ensemble, its failures from what the gate and the core refused (Triton's failures of
+those, e.g. a full queue) plus the error responses the core returned itself (llmrec_request_errors),
+its batch size and queue and compute times from the core, where the batching happens.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import urllib.request
 
 from prometheus_client import Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+
+from llmrec.server import contract, ensembles
 
 REQUEST_SECONDS = Histogram(
     "llmrec_client_request_seconds",
@@ -62,25 +70,37 @@ def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, str], float]:
 
 def server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:
     """Per model over the window: requests, failures, mean batch size and mean ms per request stage."""
-    models = sorted({m for _, m in after})
+
+    def delta(counter: str, model: str) -> float:
+        return after.get((counter, model), 0.0) - before.get((counter, model), 0.0)
+
     rows = {}
-    for model in models:
-
-        def delta(counter: str, model: str = model) -> float:
-            return after.get((counter, model), 0.0) - before.get((counter, model), 0.0)
-
-        requests = delta("nv_inference_request_success") + delta("nv_inference_request_failure")
-        if requests <= 0:
+    for model in sorted({m for _, m in after}):
+        requests = delta("nv_inference_request_success", model) + delta("nv_inference_request_failure", model)
+        if requests > 0:
+            rows[model] = _row(model, requests, delta("nv_inference_request_failure", model), delta)
+    for model in contract.MODELS:
+        core, gate = ensembles.core(model), ensembles.gate(model)
+        if model not in rows or core not in rows:
             continue
-        executions = delta("nv_inference_exec_count")
-        rows[model] = {
-            "requests": requests,
-            "failures": delta("nv_inference_request_failure") + delta("llmrec_request_errors"),
-            "mean_batch": delta("nv_inference_count") / executions if executions else 0.0,
-            "request_ms": delta("nv_inference_request_duration_us") / requests / 1e3,
-            "queue_ms": delta("nv_inference_queue_duration_us") / requests / 1e3,
-            "compute_input_ms": delta("nv_inference_compute_input_duration_us") / requests / 1e3,
-            "compute_infer_ms": delta("nv_inference_compute_infer_duration_us") / requests / 1e3,
-            "compute_output_ms": delta("nv_inference_compute_output_duration_us") / requests / 1e3,
-        }
+        failures = sum(delta("nv_inference_request_failure", m) for m in (core, gate))
+        failures += delta("llmrec_request_errors", model)
+        requests = delta("nv_inference_request_success", model) + failures
+        row = _row(core, requests, failures, delta)
+        row["request_ms"] = delta("nv_inference_request_duration_us", model) / requests / 1e3
+        rows[model] = row
     return rows
+
+
+def _row(model: str, requests: float, failures: float, delta) -> dict[str, float]:
+    executions = delta("nv_inference_exec_count", model)
+    per_request = {
+        f"{stage}_ms": delta(f"nv_inference_{stage}_duration_us", model) / requests / 1e3
+        for stage in ("request", "queue", "compute_input", "compute_infer", "compute_output")
+    }
+    return {
+        "requests": requests,
+        "failures": failures + delta("llmrec_request_errors", model),
+        "mean_batch": delta("nv_inference_count", model) / executions if executions else 0.0,
+        **per_request,
+    }

@@ -173,11 +173,10 @@ class ItemIndex:
 def embed_dim(repo: Path) -> tuple[int, int] | None:
     """(version, vector dimension) of the newest `embed` version in a model repository that has its
     metadata; None where the repository has no `embed` model."""
-    versions = sorted(
-        (int(p.name) for p in (Path(repo) / "embed").glob("[1-9]*") if p.name.isdigit()), reverse=True
-    )
+    folder = Path(repo) / "embed_core"  # llmrec.server.ensembles.core("embed")
+    versions = sorted((int(p.name) for p in folder.glob("[1-9]*") if p.name.isdigit()), reverse=True)
     for version in versions:
-        meta = Path(repo) / "embed" / str(version) / NOTELLM_META
+        meta = folder / str(version) / NOTELLM_META
         try:
             return version, int(json.loads(meta.read_text())["emb_dim"])
         except (OSError, ValueError, KeyError, TypeError):

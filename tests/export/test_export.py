@@ -9,7 +9,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.repository import export_index
-from llmrec.server import runtime
+from llmrec.server import runtime, versions
 
 pytestmark = pytest.mark.slow
 
@@ -21,18 +21,23 @@ def test_repository_layout(tiny_repo):
         "rank": [runtime.ENCODER_ONNX, runtime.RANKER_META, runtime.RANKER_HEAD, "model.py"],
         "similar": [runtime.INDEX_VECTORS, runtime.INDEX_IDS, "model.py"],
     }.items():
-        assert (repo / model / "config.pbtxt").is_file()
-        for name in files:
-            assert (repo / model / "1" / name).exists(), f"{model}/1/{name}"
-    assert (repo / "embed" / "warmup" / "text").is_file()
+        core = f"{model}_core"
+        assert (repo / core / "config.pbtxt").is_file()
+        for name in files + [versions.MANIFEST]:
+            assert (repo / core / "1" / name).exists(), f"{core}/1/{name}"
+        assert versions.problem(repo / core / "1") is None
+        # the public ensemble and its gate (llmrec.server.ensembles)
+        assert (repo / model / "config.pbtxt").is_file() and (repo / model / "1").is_dir()
+        assert (repo / f"{model}_gate" / "1" / "model.py").is_file()
+    assert (repo / "embed_core" / "warmup" / "text").is_file()
     assert not list(repo.glob("*/.*.tmp")), "no half-written versions left behind"
 
 
 def test_graphs_are_valid_with_dynamic_batch_and_sequence(tiny_repo):
     for path, inputs in (
-        (tiny_repo["repo"] / "embed" / "1" / runtime.NOTELLM_ONNX, {"input_ids", "emb_index"}),
+        (tiny_repo["repo"] / "embed_core" / "1" / runtime.NOTELLM_ONNX, {"input_ids", "emb_index"}),
         (
-            tiny_repo["repo"] / "rank" / "1" / runtime.ENCODER_ONNX,
+            tiny_repo["repo"] / "rank_core" / "1" / runtime.ENCODER_ONNX,
             {"input_ids", "attention_mask", "token_type_ids"},
         ),
     ):
@@ -54,7 +59,7 @@ def test_parity_reports_cover_several_padded_shapes(tiny_repo):
 def test_served_vectors_match_pytorch_and_the_index(tiny_repo):
     from llmrec.training.embed_io import load_vectors
 
-    embedder = runtime.NoteEmbedder(tiny_repo["repo"] / "embed" / "1")
+    embedder = runtime.NoteEmbedder(tiny_repo["repo"] / "embed_core" / "1")
     records = tiny_repo["items"].to_dict("records")
     got = embedder.embed(records)
     ids, want = load_vectors(tiny_repo["notellm"] / "item_vectors.npy")
@@ -67,7 +72,7 @@ def test_served_ranker_matches_the_trained_one(tiny_repo):
     from llmrec.training.encoders import item_text
 
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
-    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank" / "1")
+    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank_core" / "1")
     trained = Ranker.load(tiny_repo["eaar"])
     with torch.no_grad():
         tokens, mask = trained.encoder.encode_texts(texts[:5])
@@ -80,7 +85,32 @@ def test_served_ranker_matches_the_trained_one(tiny_repo):
 def test_a_malformed_index_is_refused_at_export(tmp_path):
     with pytest.raises(ValueError, match="has 2 vectors for 3 ids"):
         export_index(tmp_path, ["a", "b", "c"], np.eye(2, dtype=np.float32))
-    assert not (tmp_path / "similar" / "1").exists()
+    assert not (tmp_path / "similar_core" / "1").exists()
+
+
+def test_an_index_of_another_dimension_than_embed_is_refused_at_export(tiny_repo, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo["repo"], repo)
+    with pytest.raises(
+        ValueError, match=r"the item index is 8-d but the embed model \(version 1\) gives 16-d"
+    ):
+        export_index(repo, ["a", "b"], np.eye(2, 8, dtype=np.float32), version=2)
+    assert not (repo / "similar_core" / "2").exists()
+
+
+def test_a_sealed_version_names_what_changed(tiny_repo, tmp_path):
+    import shutil
+
+    folder = tmp_path / "1"
+    shutil.copytree(tiny_repo["repo"] / "similar_core" / "1", folder)
+    assert versions.problem(folder) is None
+    vectors = folder / runtime.INDEX_VECTORS
+    vectors.write_bytes(vectors.read_bytes()[:-7])  # a truncated copy
+    assert "index.npy has" in versions.problem(folder) and "truncated" in versions.problem(folder)
+    vectors.unlink()
+    assert "index.npy is missing" in versions.problem(folder)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +145,7 @@ def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
     from llmrec.training.encoders import item_text
 
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
-    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank" / "1")
+    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank_core" / "1")
     want = scorer.score([(texts[:5], texts[5:25])])[0]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: scorer.score([(texts[:5], texts[5:25])])[0], range(32)))

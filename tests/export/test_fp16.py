@@ -30,7 +30,7 @@ def fp16_repo(tiny_runs, tmp_path_factory):
 @pytest.mark.slow
 def test_fp16_graphs_have_their_own_parity_rows(fp16_repo):
     for name, graph in (("embed", runtime.NOTELLM_ONNX), ("rank", runtime.ENCODER_ONNX)):
-        folder = fp16_repo["repo"] / name / "1"
+        folder = fp16_repo["repo"] / f"{name}_core" / "1"
         assert runtime.graph_path(folder, graph, "fp16").is_file()
         report = fp16_repo["reports"][name]["fp16"]
         assert report["ok"] and report["max_abs"] <= parity.FP16_TOLERANCE, name
@@ -39,7 +39,7 @@ def test_fp16_graphs_have_their_own_parity_rows(fp16_repo):
 
 @pytest.mark.slow
 def test_fp16_runtime_stays_close_to_fp32(fp16_repo):
-    folder = fp16_repo["repo"] / "embed" / "1"
+    folder = fp16_repo["repo"] / "embed_core" / "1"
     records = fp16_repo["records"][:8]
     fp32 = runtime.NoteEmbedder(folder).embed(records)
     fp16 = runtime.NoteEmbedder(folder, "fp16").embed(records)
@@ -62,7 +62,7 @@ def test_precision_comes_from_the_model_config_and_is_checked(tmp_path):
 def test_the_server_runs_the_fp16_graphs_when_configured(fp16_repo, tmp_path):
     repo = fp16_repo["repo"]
     for model in ("embed", "rank"):
-        config = repo / model / "config.pbtxt"
+        config = repo / f"{model}_core" / "config.pbtxt"
         text, n = re.subn(r'string_value: "fp32"', 'string_value: "fp16"', config.read_text())
         assert n == 1, f"{model}/config.pbtxt has no precision parameter"
         config.write_text(text)
@@ -72,9 +72,9 @@ def test_the_server_runs_the_fp16_graphs_when_configured(fp16_repo, tmp_path):
         vectors = client.embed(["Movie 3"])
         scores = client.rank(texts[:3], texts[3:8])
     item = [{"title": "Movie 3", "topic": "", "content": ""}]
-    fp16 = runtime.NoteEmbedder(repo / "embed" / "1", "fp16").embed(item)
-    fp32 = runtime.NoteEmbedder(repo / "embed" / "1").embed(item)
+    fp16 = runtime.NoteEmbedder(repo / "embed_core" / "1", "fp16").embed(item)
+    fp32 = runtime.NoteEmbedder(repo / "embed_core" / "1").embed(item)
     np.testing.assert_allclose(vectors, fp16, atol=1e-6)  # the server ran the fp16 graph
     assert np.abs(fp16 - fp32).max() > 0, "fp16 and fp32 graphs gave identical vectors: nothing to tell apart"
-    local = runtime.RankScorer(repo / "rank" / "1", precision="fp16").score([(texts[:3], texts[3:8])])[0]
+    local = runtime.RankScorer(repo / "rank_core" / "1", precision="fp16").score([(texts[:3], texts[3:8])])[0]
     np.testing.assert_allclose(scores, local, atol=1e-5)

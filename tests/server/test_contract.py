@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from llmrec.server import contract
+from llmrec.server import contract, ensembles
 from llmrec.server.contract import BadRequest, as_item, check_k, check_vectors, decode_text
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
@@ -19,7 +19,8 @@ TARGETS = {"cpu": "config.pbtxt", "gpu": "configs/gpu.pbtxt"}
 
 
 def read_config(model: str, target: str = "cpu") -> model_config_pb2.ModelConfig:
-    path = REPO / model / TARGETS[target]
+    """The checked-in config of a public model's core (what carries its per-target settings)."""
+    path = REPO / ensembles.core(model) / TARGETS[target]
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
@@ -40,7 +41,7 @@ def test_config_matches_the_contract(name, target):
     model, config = contract.MODELS[name], read_config(name, target)
     kind = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}[target]
     assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
-    assert config.name == name and config.backend == "python"
+    assert config.name == ensembles.core(name) and config.backend == "python"
     assert config.max_batch_size == model.max_batch_size
     assert tensors(config.input) == expected(model.inputs)
     assert tensors(config.output) == expected(model.outputs)
@@ -57,7 +58,7 @@ def test_config_matches_the_contract(name, target):
 
 @pytest.mark.parametrize("name", sorted(contract.MODELS))
 def test_python_model_reads_and_writes_only_contract_tensors(name):
-    source = (REPO / name / "model.py").read_text()
+    source = (REPO / ensembles.core(name) / "model.py").read_text()
     model = contract.MODELS[name]
     read = set(re.findall(r'(?:input_of|_texts)\(request, "(\w+)"', source))  # llmrec.server.batch
     written = set(re.findall(r'pb_utils\.Tensor\("(\w+)"', source))
@@ -68,7 +69,27 @@ def test_python_model_reads_and_writes_only_contract_tensors(name):
 
 
 def test_no_other_models_in_the_repository():
-    assert {p.name for p in REPO.iterdir() if p.is_dir()} == set(contract.MODELS)
+    assert {p.name for p in REPO.iterdir() if p.is_dir()} == {ensembles.core(m) for m in contract.MODELS}
+
+
+@pytest.mark.parametrize("name", sorted(contract.MODELS))
+def test_the_generated_ensemble_and_gate_carry_the_contract(name):
+    model = contract.MODELS[name]
+    parse = lambda text: text_format.Parse(text, model_config_pb2.ModelConfig())  # noqa: E731
+    ensemble, gate = parse(ensembles.ensemble_config(model)), parse(ensembles.gate_config(model))
+    assert ensemble.name == name and ensemble.platform == "ensemble"
+    assert ensemble.max_batch_size == gate.max_batch_size == model.max_batch_size
+    assert tensors(ensemble.input) == expected(model.inputs)
+    assert tensors(ensemble.output) == expected(model.outputs)
+    # every input goes through the gate, which has no dynamic batching, and only then to the core
+    names = {t.name for t in model.inputs}
+    assert {t.name for t in gate.input} == {t.name for t in gate.output} == names
+    assert not gate.HasField("dynamic_batching")
+    first, second = ensemble.ensemble_scheduling.step
+    assert (first.model_name, second.model_name) == (ensembles.gate(name), ensembles.core(name))
+    assert dict(first.input_map) == {n: n for n in names}
+    assert dict(second.input_map) == dict(first.output_map)
+    assert dict(second.output_map) == {t.name: t.name for t in model.outputs}
 
 
 def test_text_checks_name_the_problem():

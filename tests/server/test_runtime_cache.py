@@ -34,7 +34,7 @@ def test_cache_of_zero_stores_nothing_and_more_texts_than_room_keep_the_last():
 def test_cached_scores_equal_uncached_scores(tiny_repo):
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
     users = [(texts[:4], texts[4:20]), (texts[2:6], texts[10:30])]
-    folder = tiny_repo["repo"] / "rank" / "1"
+    folder = tiny_repo["repo"] / "rank_core" / "1"
     uncached = runtime.RankScorer(folder, cache_items=0).score(users)
     cached = runtime.RankScorer(folder, cache_items=1000, warm=False)
     cold = cached.score(users)
@@ -47,7 +47,7 @@ def test_cached_scores_equal_uncached_scores(tiny_repo):
 
 def test_the_exported_catalogue_warms_the_cache_at_load(tiny_repo):
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
-    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank" / "1", cache_items=30)
+    scorer = runtime.RankScorer(tiny_repo["repo"] / "rank_core" / "1", cache_items=30)
     assert len(scorer.cache) == 30 and (scorer.cache.hits, scorer.cache.misses) == (0, 0)
     scorer.score([(texts[:2], texts[2:5])])
     assert (scorer.cache.hits, scorer.cache.misses) == (5, 0)

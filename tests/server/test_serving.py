@@ -47,7 +47,7 @@ def test_embed_over_grpc_matches_the_runtime(served):
     )
     assert vectors.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    local = runtime.NoteEmbedder(served["repo"] / "embed" / "1").embed(
+    local = runtime.NoteEmbedder(served["repo"] / "embed_core" / "1").embed(
         [{"title": "Toy Story", "topic": "", "content": ""}]
     )
     np.testing.assert_allclose(vectors[0], local[0], atol=1e-5)
@@ -75,7 +75,7 @@ def test_similar_by_vector_equals_similar_by_the_same_text(served):
 def test_rank_over_grpc_matches_the_runtime(served):
     history, candidates = texts(served, 4), texts(served, 6, start=10)
     scores = served["client"].rank(history, candidates)
-    local = runtime.RankScorer(served["repo"] / "rank" / "1").score([(history, candidates)])[0]
+    local = runtime.RankScorer(served["repo"] / "rank_core" / "1").score([(history, candidates)])[0]
     assert scores.shape == (6,)
     np.testing.assert_allclose(scores, local, rtol=1e-4, atol=1e-4)
 
@@ -195,14 +195,14 @@ def test_metrics_endpoint_counts_requests_with_latency_summaries(served):
 
 def test_a_bad_index_version_fails_its_load_and_the_old_one_keeps_serving(served):
     client, repo = served["client"], served["repo"]
-    version2 = repo / "similar" / "2"
-    shutil.copytree(repo / "similar" / "1", version2)
+    version2 = repo / "similar_core" / "2"
+    shutil.copytree(repo / "similar_core" / "1", version2)
     (version2 / runtime.INDEX_IDS).write_text(json.dumps(["only-one-id"]))
     with pytest.raises(ServingError, match="has 40 vectors for 1 ids"):
         client.reload("similar")
     assert len(client.similar(item_id="3", k=3)) == 3  # version 1 still answers
 
-    ids = json.loads((repo / "similar" / "1" / runtime.INDEX_IDS).read_text())
+    ids = json.loads((repo / "similar_core" / "1" / runtime.INDEX_IDS).read_text())
     (version2 / runtime.INDEX_IDS).write_text(json.dumps([f"v2-{i}" for i in ids]))
     client.reload("similar")
     assert client.similar(item_id="v2-3", k=2)[0].item_id.startswith("v2-")
@@ -212,9 +212,9 @@ def test_a_bad_index_version_fails_its_load_and_the_old_one_keeps_serving(served
 
 def test_launcher_fails_fast_with_the_log(tmp_path):
     repo = tmp_path / "repo"
-    (repo / "embed" / "1").mkdir(parents=True)
-    (repo / "embed" / "config.pbtxt").write_text('name: "embed"\nbackend: "python"\n')
-    (repo / "embed" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
+    (repo / "boom" / "1").mkdir(parents=True)
+    (repo / "boom" / "config.pbtxt").write_text('name: "boom"\nbackend: "python"\n')
+    (repo / "boom" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
     server = TritonServer(repo, log_path=tmp_path / "log", startup_timeout=120)
     with pytest.raises(ServerError, match="boom at import"):
         server.start()

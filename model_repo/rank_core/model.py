@@ -1,5 +1,6 @@
-"""Triton python model `rank`: HISTORY [b, h], CANDIDATES [b, c] texts -> SCORES [b, c].
+"""Triton python model `rank_core`, behind the public ensemble `rank` (llmrec.server.ensembles).
 
+HISTORY [b, h], CANDIDATES [b, c] texts -> SCORES [b, c].
 EaaR online (llmrec.server.runtime.RankScorer): the exported BERT encoder, then the trained head. Item
 vectors are cached by text; all users of a dynamic batch share one encoder pass over their distinct
 uncached texts; a bad request gets its own error and the others are scored. The cache's lookups go to

@@ -1,5 +1,6 @@
-"""Triton python model `embed`: TEXT [b, 1] -> VECTOR [b, d] (llmrec.server.runtime.NoteEmbedder).
+"""Triton python model `embed_core`, behind the public ensemble `embed` (llmrec.server.ensembles).
 
+TEXT [b, 1] -> VECTOR [b, d] (llmrec.server.runtime.NoteEmbedder).
 Requests of a dynamic batch are checked one by one and embedded together in one onnxruntime call; a
 bad request gets its own error response and the others are answered (llmrec.server.batch).
 """

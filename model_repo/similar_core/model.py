@@ -1,11 +1,13 @@
-"""Triton python model `similar`: ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k].
+"""Triton python model `similar_core`, behind the public ensemble `similar` (llmrec.server.ensembles).
 
-The item index (llmrec.server.runtime.ItemIndex) is read at load: a malformed index, or one whose
-dimension differs from the `embed` model's, fails this version's load with the reason, and a server that
-already serves an older version keeps serving it. Text queries are embedded by the `embed` model (a BLS
-call), item-id queries read their vector from the index and never return themselves, vector queries are
-used as given (normalised). All queries of a dynamic batch share one top-k call (the largest K; smaller
-K take a prefix, since results come best first); a bad request gets its own error (llmrec.server.batch).
+ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k]. The item index
+(llmrec.server.runtime.ItemIndex) is read at load: a malformed index, or one whose dimension differs from
+the `embed` model's, fails this version's load with the reason, and a server that already serves an older
+version keeps serving it. Text queries are embedded by `embed_core` (a BLS call: the texts passed this
+model's checks already), item-id queries read their vector from the index and never return themselves,
+vector queries are used as given (normalised). All queries of a dynamic batch share one top-k call (the
+largest K; smaller K take a prefix, since results come best first); a bad request gets its own error
+(llmrec.server.batch).
 """
 
 from pathlib import Path
@@ -50,7 +52,9 @@ class TritonPythonModel:
         for start in range(0, len(texts), EMBED.max_batch_size):
             chunk = np.asarray(texts[start : start + EMBED.max_batch_size], dtype=np.object_).reshape(-1, 1)
             response = pb_utils.InferenceRequest(
-                model_name="embed", requested_output_names=["VECTOR"], inputs=[pb_utils.Tensor("TEXT", chunk)]
+                model_name="embed_core",
+                requested_output_names=["VECTOR"],
+                inputs=[pb_utils.Tensor("TEXT", chunk)],
             ).exec()
             if response.has_error():
                 error = response.error()

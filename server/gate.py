@@ -1,0 +1,38 @@
+"""The gate in front of each public model: a python model that passes its inputs through unchanged.
+
+Why it exists: this Triton build's python backend checks the framing of BYTES inputs (4-byte length +
+bytes per element) while it gathers a dynamic batch, and one request whose last element claims more bytes
+than it carries (Triton's own request check lets that through) fails the whole batch: every other request
+in it got that request's error. The gate has no dynamic batching, so each request is gathered alone and
+such a request fails alone (INVALID_ARGUMENT naming the input); the batched `<model>_core` behind it only
+ever sees inputs that passed. Wiring: llmrec.server.ensembles. Imported only inside the python backend's
+stub.
+"""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.names = [tensor["name"] for tensor in json.loads(args["model_config"])["input"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:  # one request per call (no dynamic batching), but any count is handled
+            try:
+                tensors = []
+                for name in self.names:  # an optional input left out stays out (the core sees it absent)
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    if tensor is not None:
+                        tensors.append(pb_utils.Tensor(name, tensor.as_numpy()))
+                responses.append(pb_utils.InferenceResponse(tensors))
+            except Exception as e:  # nothing may leave execute() (see llmrec.server.batch)
+                error = pb_utils.TritonError(
+                    f"gate: {type(e).__name__}: {e}"[:1000], pb_utils.TritonError.INVALID_ARG
+                )
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses
