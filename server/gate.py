@@ -5,7 +5,9 @@ bytes per element) while it gathers a dynamic batch, and one request whose last 
 than it carries (Triton's own request check lets that through) fails the whole batch: every other request
 in it got that request's error. The gate has no dynamic batching, so each request is gathered alone and
 such a request fails alone (INVALID_ARGUMENT naming the input); the batched `<model>_core` behind it only
-ever sees inputs that passed. Wiring: llmrec.server.ensembles. Imported only inside the python backend's
+ever sees inputs that passed. The gate also refuses a request without a required input, by name: this
+build does not check that for python models, and an ensemble would then wait for a tensor that never
+comes ("unexpected deadlock"). Wiring: llmrec.server.ensembles. Imported only inside the python backend's
 stub.
 """
 
@@ -18,12 +20,21 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.names = [tensor["name"] for tensor in json.loads(args["model_config"])["input"]]
+        inputs = json.loads(args["model_config"])["input"]
+        self.names = [tensor["name"] for tensor in inputs]
+        self.required = [tensor["name"] for tensor in inputs if not tensor.get("optional", False)]
 
     def execute(self, requests):
         responses = []
         for request in requests:  # one request per call (no dynamic batching), but any count is handled
             try:
+                missing = [n for n in self.required if pb_utils.get_input_tensor_by_name(request, n) is None]
+                if missing:
+                    error = pb_utils.TritonError(
+                        f"input {missing[0]!r} is missing", pb_utils.TritonError.INVALID_ARG
+                    )
+                    responses.append(pb_utils.InferenceResponse(error=error))
+                    continue
                 tensors = []
                 for name in self.names:  # an optional input left out stays out (the core sees it absent)
                     tensor = pb_utils.get_input_tensor_by_name(request, name)

@@ -79,7 +79,9 @@ def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     ensemble, gate = parse(ensembles.ensemble_config(model)), parse(ensembles.gate_config(model))
     assert ensemble.name == name and ensemble.platform == "ensemble"
     assert ensemble.max_batch_size == gate.max_batch_size == model.max_batch_size
-    assert tensors(ensemble.input) == expected(model.inputs)
+    # the ensemble takes every input as optional; the gate refuses a missing required one by name
+    assert tensors(ensemble.input) == {(n, d, dims, True) for n, d, dims, _ in expected(model.inputs)}
+    assert tensors(gate.input) == expected(model.inputs)
     assert tensors(ensemble.output) == expected(model.outputs)
     # every input goes through the gate, which has no dynamic batching, and only then to the core
     names = {t.name for t in model.inputs}

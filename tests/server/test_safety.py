@@ -1,0 +1,362 @@
+"""Safe by default, through the real tritonserver on the tiny exported models: a closed control API, TLS,
+publishes that cannot brick a restart, bad input that fails alone (mixed batches and a seeded fuzz run),
+and a clean shutdown of `llmrec serve` on SIGTERM, SIGINT, a crash and an interrupted start."""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from llmrec.loadtest import fuzz
+from llmrec.server import runtime, versions
+from llmrec.server.client import RankingClient, ServingError
+from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER
+from llmrec.server.launcher import TritonServer, free_ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_repo, tmp_path_factory):
+    path = tmp_path_factory.mktemp("safety") / "repo"
+    shutil.copytree(tiny_repo["repo"], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    with TritonServer(repo, log_path=repo.parent / "tritonserver.log") as server:
+        yield server
+
+
+def catalogue(repo: Path) -> tuple[list[str], list[str]]:
+    ids = json.loads((repo / "similar_core" / "1" / runtime.INDEX_IDS).read_text())
+    texts = json.loads((repo / "rank_core" / "1" / runtime.RANK_CATALOGUE).read_text())
+    return ids, texts
+
+
+# --- the control API -----------------------------------------------------------------------------
+def test_a_client_without_the_key_cannot_load_unload_or_read_configs(server):
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    http = httpclient.InferenceServerClient(server.http_url)
+    calls = {
+        "grpc load": lambda h: grpc.load_model("similar_core", headers=h),
+        "grpc unload": lambda h: grpc.unload_model("rank", headers=h),
+        "grpc config": lambda h: grpc.get_model_config("similar", headers=h),
+        "grpc index": lambda h: grpc.get_model_repository_index(headers=h),
+        "http load": lambda h: http.load_model("similar_core", headers=h),
+        "http unload": lambda h: http.unload_model("rank", headers=h),
+        "http config": lambda h: http.get_model_config("similar", headers=h),
+        "http index": lambda h: http.get_model_repository_index(headers=h),
+    }
+    for name, call in calls.items():
+        header = GRPC_CONTROL_HEADER if name.startswith("grpc") else CONTROL_HEADER
+        for headers in (None, {header: "not-the-key"}):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call(headers)
+    # nothing was unloaded; inference, health and metadata stay open
+    client = RankingClient(server.grpc_url)
+    assert all(client.health()["models"].values())
+    assert client.similar(item_id="3", k=2)
+    assert grpc.get_model_metadata("similar").name == "similar"
+    # with the key
+    assert grpc.get_model_config("similar", headers={GRPC_CONTROL_HEADER: server.control_key}).config.name
+    assert http.get_model_repository_index(headers={CONTROL_HEADER: server.control_key})
+    with pytest.raises(ServingError, match="restricted"):
+        client.reload("similar")
+    RankingClient(server.grpc_url, control_key=server.control_key).reload("similar")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_with_tls_a_plain_text_client_is_refused_and_the_tls_client_works(repo, tmp_path):
+    cert, key = self_signed(tmp_path)
+    with TritonServer(repo, log_path=tmp_path / "tls.log", tls=(cert, key)) as server:
+        plain = RankingClient(server.grpc_url, timeout=5.0, retries=0)
+        assert plain.health()["live"] is False
+        with pytest.raises(ServingError):
+            plain.similar(item_id="3", k=2)
+        secure = RankingClient(server.grpc_url, ssl=True, root_certificates=cert)
+        assert secure.health()["ready"]
+        assert len(secure.similar(item_id="3", k=2)) == 2
+        assert server.http_host == "127.0.0.1"  # no TLS for HTTP in this build: it stays local
+
+
+# --- publishing --------------------------------------------------------------------------------
+def test_a_restart_serves_the_last_good_version_and_says_what_it_skipped(repo, tmp_path):
+    broken = tmp_path / "repo"
+    shutil.copytree(repo, broken)
+    similar = broken / "similar_core"
+    shutil.copytree(similar / "1", similar / "2")  # v2: a copy whose index was cut short after sealing
+    index = similar / "2" / runtime.INDEX_VECTORS
+    index.write_bytes(index.read_bytes()[:100])
+    shutil.copytree(similar / "1", similar / "3")  # v3: sealed and intact, but 8-d while embed gives 16-d
+    np.save(
+        similar / "3" / runtime.INDEX_VECTORS,
+        np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32),
+    )
+    versions.seal(similar / "3", "similar_core", 3)
+
+    with TritonServer(broken, log_path=tmp_path / "restart.log") as server:
+        assert server.served["similar_core"] == 1
+        skipped = dict(server.skipped["similar_core"])
+        assert set(skipped) == {2, 3}
+        assert "index.npy has" in skipped[2] and "truncated" in skipped[2]
+        assert "the item index is 8-d but the embed model (version 1) gives 16-d" in skipped[3]
+        assert "similar_core: serving version 1" in server.report()
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        assert grpc.is_model_ready("similar_core", "1") and not grpc.is_model_ready("similar_core", "3")
+        assert len(RankingClient(server.grpc_url).similar(item_id="3", k=3)) == 3
+
+
+def test_a_new_index_of_the_wrong_dimension_fails_its_load_and_the_old_one_keeps_serving(server, repo):
+    similar = repo / "similar_core"
+    shutil.copytree(similar / "1", similar / "2")
+    np.save(
+        similar / "2" / runtime.INDEX_VECTORS,
+        np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32),
+    )
+    versions.seal(similar / "2", "similar_core", 2)
+    client = RankingClient(server.grpc_url, control_key=server.control_key)
+    try:
+        with pytest.raises(ServingError, match="the item index is 64-d but the embed model"):
+            client.reload("similar")
+        assert len(client.similar(text="Movie 3", k=3)) == 3  # version 1, by text too
+    finally:
+        shutil.rmtree(similar / "2")
+        client.reload("similar")
+
+
+# --- bad input fails alone ------------------------------------------------------------------------
+def _bytes(name, rows):
+    return fuzz._bytes(name, rows)
+
+
+def _raw(name, content):
+    return fuzz._raw(name, [1, 1], "BYTES", content)
+
+
+def _k(k):
+    return fuzz._k(k)
+
+
+MIXED = [  # (model, inputs, None for a valid request or a fragment of the error message)
+    ("embed", lambda: [_bytes("TEXT", [["Movie 1"], ["Heat"], ['{"title": ' + "[" * 4000 + "]" * 4000 + "}"]])],
+     "TEXT[2] is JSON nested too deeply"),
+    ("embed", lambda: [_bytes("TEXT", [['{"title": ' + "9" * 5000 + "}"]])], "TEXT[0] is JSON that cannot be read"),
+    ("embed", lambda: [_bytes("TEXT", [["x" * 300_000]])], "TEXT[0] is 300000 bytes; the limit is 16384"),
+    ("embed", lambda: [_raw("TEXT", b"\x40\x42\x0f\x00abc")], "incomplete string data for inference input 'TEXT'"),
+    ("embed", lambda: [_bytes("TEXT", [["a", "b"]])], "'TEXT'"),
+    ("similar", lambda: [_raw("ITEM_ID", b"\xff\xff\x00\x00ab"), _k(3)], "incomplete string data for inference input 'ITEM_ID'"),
+    ("similar", lambda: [_bytes("TEXT", [["{\"title\": {\"a\": 1}}"]]), _k(3)], "field 'title' must be a string"),
+    ("similar", lambda: [_bytes("ITEM_ID", [["3"]])], "'K'"),
+    ("similar", lambda: [fuzz._vector(np.full(16, 1e30)), _k(40)], None),
+    ("similar", lambda: [fuzz._vector(np.ones(9)), _k(3)], "VECTOR must have 16 values per row"),
+    ("rank", lambda: [_bytes("HISTORY", [[""]]), _bytes("CANDIDATES", [["Movie 1"]])], "HISTORY[0][0] is empty"),
+    ("rank", lambda: [_raw("HISTORY", b"\x10\x00\x00\x00a"), _bytes("CANDIDATES", [["Movie 1"]])],
+     "incomplete string data for inference input 'HISTORY'"),
+]  # fmt: skip
+VALID = [
+    ("embed", lambda: [_bytes("TEXT", [["Movie 2"]])]),
+    ("similar", lambda: [_bytes("ITEM_ID", [["5"]]), _k(4)]),
+    ("similar", lambda: [_bytes("TEXT", [["Movie 7"]]), _k(4)]),
+    ("rank", lambda: [_bytes("HISTORY", [["Movie 1", "Movie 2"]]), _bytes("CANDIDATES", [["Movie 3"]])]),
+]
+
+
+def test_in_concurrent_mixed_batches_every_valid_request_succeeds_and_every_bad_one_is_named(server):
+    async def call(client, model, inputs):  # a burst may meet a full queue: retried, as clients do
+        for attempt in range(6):
+            try:
+                return await client.infer(model, inputs)
+            except InferenceServerException as e:
+                if "UNAVAILABLE" not in str(e.status()) or attempt == 5:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+
+    async def burst():
+        client = grpcaio.InferenceServerClient(server.grpc_url)
+        calls, expected = [], []
+        for round_ in range(6):  # valid and malformed interleaved: they share dynamic batches
+            for i, (model, inputs, message) in enumerate(MIXED):
+                valid_model, valid_inputs = VALID[(round_ + i) % len(VALID)]
+                calls += [call(client, valid_model, valid_inputs()), call(client, model, inputs())]
+                expected += [None, message]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await client.close()
+        return results, expected
+
+    results, expected = asyncio.run(burst())
+    for result, message in zip(results, expected, strict=True):
+        if message is None:
+            assert not isinstance(result, Exception), f"a valid request failed: {result}"
+        else:
+            assert isinstance(result, InferenceServerException), (
+                f"accepted a request that should fail: {message}"
+            )
+            assert "INVALID_ARGUMENT" in str(result.status()), result
+            assert message in result.message(), (message, result.message())
+    assert server.process.poll() is None
+
+
+def _group_rss(pid: int) -> int:
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def test_a_seeded_fuzz_run_crashes_nothing_and_fails_no_valid_request(repo, tmp_path):
+    ids, texts = catalogue(repo)
+    with TritonServer(repo, log_path=tmp_path / "fuzz.log") as server:
+        warm = fuzz.run(server.grpc_url, ids, texts, dim=16, n=1_000, threads=8, seed=1)
+        assert warm.ok, warm.broken[:5]
+        before = _group_rss(server.process.pid)
+        summary = fuzz.run(server.grpc_url, ids, texts, dim=16, n=10_000, threads=8, seed=2)
+        after = _group_rss(server.process.pid)
+        assert server.process.poll() is None, "the server died"
+    outcomes = dict(summary.outcomes)
+    print(f"fuzz: {summary.requests} requests, {summary.retries} retried (overload), {outcomes}")
+    print(f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
+    assert summary.requests == 10_000
+    assert summary.ok, summary.broken[:10]
+    assert outcomes.get(("ok", "ok"), 0) > 3_000 and outcomes.get(("invalid", "invalid"), 0) > 2_000
+    assert after < 1.10 * before, f"server RSS grew from {before / 2**20:.0f} to {after / 2**20:.0f} MiB"
+
+
+# --- shutdown ----------------------------------------------------------------------------------
+def serve(repo: Path, artifacts: Path) -> tuple[subprocess.Popen, list[int]]:
+    http, grpc, metrics = free_ports(3)
+    command = [sys.executable, "-c", "from llmrec.cli import app; app()", "serve", "--repo", str(repo),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+    env = {**os.environ, "LLMREC_ARTIFACTS": str(artifacts)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    return process, [http, grpc, metrics]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def triton_pids(processes: list[psutil.Process]) -> list[int]:
+    """tritonserver among processes seen while it ran (psutil keeps a name once read)."""
+    pids = []
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.name() == "tritonserver":
+                pids.append(p.pid)
+    return pids
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    for p in processes:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def assert_clean(process: subprocess.Popen, children: list[psutil.Process], artifacts: Path, grpc_port: int):
+    wait_for(lambda: gone(children), 5, "the server's processes to go")
+    for pid in triton_pids(children):  # its python stubs share its process group
+        wait_for(lambda pid=pid: group_gone(pid), 5, "tritonserver's process group to go")
+    assert not list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), "shared memory left behind"
+    assert not (artifacts / "server" / f"tmp-{grpc_port}").exists(), "temporary folder left behind"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, sig):
+    process, (_, grpc_port, _) = serve(repo, tmp_path)
+    try:
+        lines = []
+        wait_for(lambda: lines.append(process.stdout.readline()) or "serving" in lines[-1], 120, "serving")
+        children = descendants(process.pid)
+        assert triton_pids(children)
+        assert list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), (
+            "the prefix names this server's regions"
+        )
+        RankingClient(f"127.0.0.1:{grpc_port}").similar(item_id="3", k=2)
+        started = time.monotonic()
+        process.send_signal(sig)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        assert_clean(process, children, tmp_path, grpc_port)
+    finally:
+        process.kill()
+
+
+def test_serve_exits_non_zero_when_tritonserver_dies_and_cleans_up(repo, tmp_path):
+    process, (_, grpc_port, _) = serve(repo, tmp_path)
+    try:
+        lines = []
+        wait_for(lambda: lines.append(process.stdout.readline()) or "serving" in lines[-1], 120, "serving")
+        children = descendants(process.pid)
+        os.kill(triton_pids(children)[0], signal.SIGKILL)
+        assert process.wait(timeout=15) == 1
+        assert "exited on its own with status -9" in process.stdout.read()
+        assert_clean(process, children, tmp_path, grpc_port)
+    finally:
+        process.kill()
+
+
+def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
+    process, (_, grpc_port, _) = serve(repo, tmp_path)
+    try:
+        seen: list[psutil.Process] = []
+
+        def triton_started() -> bool:
+            seen[:] = descendants(process.pid)
+            triton_pids(seen)  # read the names while they run
+            return any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in seen)  # loading models
+
+        wait_for(triton_started, 120, "tritonserver to start loading models")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+        assert "serving" not in process.stdout.read()
+        assert_clean(process, seen, tmp_path, grpc_port)
+    finally:
+        process.kill()
