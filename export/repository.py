@@ -191,17 +191,24 @@ def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int =
 
 
 def without_batching(repo: Path, dest: Path) -> Path:
-    """A copy of the repository whose configs drop dynamic batching (version folders are symlinks)."""
+    """A copy of the repository whose configs drop dynamic batching (and with it the queue policy, which
+    lives inside it); version folders are symlinks."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
     shutil.rmtree(dest, ignore_errors=True)
     for model_dir in repo.iterdir():
         if not (model_dir / "config.pbtxt").is_file():
             continue
         target = dest / model_dir.name
         target.mkdir(parents=True)
-        config = (model_dir / "config.pbtxt").read_text()
-        lines = [line for line in config.splitlines() if not line.startswith("dynamic_batching")]
-        (target / "config.pbtxt").write_text("\n".join(lines) + "\n")
+        for config_path in (model_dir / "config.pbtxt", *model_dir.glob("configs/*.pbtxt")):
+            config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+            config.ClearField("dynamic_batching")
+            out = target / config_path.relative_to(model_dir)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text_format.MessageToString(config))
         for child in model_dir.iterdir():
-            if child.is_dir():
+            if child.is_dir() and child.name != "configs":
                 (target / child.name).symlink_to(child.resolve())
     return dest

@@ -533,7 +533,7 @@ def health(url: UrlOpt = "127.0.0.1:8001") -> None:
 @app.command("loadtest")
 def loadtest(
     scenario: Annotated[
-        str, typer.Option(help="smoke, steady, ramp, spike, perf or full (ramp + spike + perf).")
+        str, typer.Option(help="smoke, steady, ramp, spike, soak, perf or full (ramp + spike + perf).")
     ] = "full",
     duration: Annotated[float, typer.Option(help="Seconds per run (per ramp step).")] = 20.0,
     models: Annotated[str, typer.Option(help="Models to load, comma-separated.")] = "rank,similar",

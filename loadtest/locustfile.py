@@ -9,6 +9,9 @@ Every call is reported to locust with its gRPC status: a failed call counts as a
 The shape of the load comes from the environment (set by llmrec.loadtest.runner):
 LLMREC_LOAD_RATE (requests per second offered, all users together), LLMREC_LOAD_USERS, and optionally
 LLMREC_LOAD_SHAPE=spike with LLMREC_SPIKE_{BASE,PEAK}_RATE and LLMREC_SPIKE_{WARM,PEAK,TAIL}_S.
+With LLMREC_LOAD_CALL_LOG set, every call is also written there as `t,name,status,ms` (seconds since
+the run started): the overload and soak summaries need the latency of admitted calls apart from the
+refused ones, which locust's percentiles mix.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from llmrec.loadtest.workload import Workload  # noqa: E402
 from llmrec.server.client import RankingClient, ServingError  # noqa: E402
 
 USERS = int(os.environ.get("LLMREC_LOAD_USERS", "8"))
+_LOG_PATH = os.environ.get("LLMREC_LOAD_CALL_LOG")
+CALL_LOG = open(_LOG_PATH, "w", buffering=1 << 16) if _LOG_PATH else None  # noqa: SIM115 (open while locust runs)
+STARTED = time.monotonic()
 RATE = float(os.environ.get("LLMREC_LOAD_RATE", "4"))
 WORKLOAD: Workload | None = None
 
@@ -50,6 +56,8 @@ def _exit_without_grpc_teardown(exit_code: int, **_):
     closed, and ends the process with locust's exit code."""
 
     def _exit():
+        if CALL_LOG is not None:
+            CALL_LOG.close()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -94,10 +102,14 @@ class ServingUser(User):
             fn()
         except ServingError as e:
             exception = e
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        if CALL_LOG is not None:
+            status = exception.status.removeprefix("StatusCode.") if exception else "OK"
+            CALL_LOG.write(f"{time.monotonic() - STARTED:.3f},{name},{status},{elapsed_ms:.3f}\n")
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,
-            response_time=(time.perf_counter() - started) * 1e3,
+            response_time=elapsed_ms,
             response_length=0,
             exception=exception,
             context={"status": exception.status if exception else "OK"},

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from llmrec.paths import cache_dir
+from llmrec.server.contract import GRPC_CONTROL_HEADER
 
 WHEEL = "tritonclient==2.50.0"
 MEMBER = "tritonclient-2.50.0.data/data/bin/perf_analyzer"
@@ -108,8 +109,10 @@ def run(
     concurrency: list[int],
     window_ms: int = 5000,
     timeout_s: int = 600,
+    control_key: str | None = None,
 ) -> list[dict]:
-    """One perf_analyzer call per concurrency level (so a slow level cannot starve the others)."""
+    """One perf_analyzer call per concurrency level (so a slow level cannot starve the others). It reads
+    the model's config, which the server gives only with its control key (llmrec.server.launcher)."""
     binary = install()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = input_data(model, workload, out_dir / f"{model}-input.json")
@@ -122,6 +125,8 @@ def run(
             "--concurrency-range", f"{c}:{c}", "--measurement-interval", str(window_ms),
             "--stability-percentage", "50", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path),
         ]  # fmt: skip
+        if control_key:
+            command += ["-H", f"{GRPC_CONTROL_HEADER}:{control_key}"]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(

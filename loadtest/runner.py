@@ -7,7 +7,10 @@ Scenarios:
           keeping up (achieved < 90% of offered); the last passing rate is the saturation point, then
           50% and 80% of it are measured.
   spike   a base rate, 3x the saturation rate for 30 s, then the base rate again; per-second history
-          shows whether latency recovers.
+          shows whether latency recovers, and the per-call log (llmrec.loadtest.calls) gives the
+          admitted calls' latency and the refusals per phase.
+  soak    one rate (70% of saturation by default) for a long time (10 min): errors, and the drift of
+          the admitted calls' p99 from the first half of the run to the second.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmrec.loadtest import calls
 from llmrec.server import metrics
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -33,6 +37,7 @@ class Target:
 
     grpc_url: str
     metrics_url: str
+    control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class RunResult:
     locust: dict[str, dict]  # name -> requests, failures, rps, p50/p95/p99 (ms); "Aggregated" too
     server: dict[str, dict]  # model -> Triton's split over the same window
     history: list[dict] = field(default_factory=list)  # per-second rows (spike)
+    calls: dict = field(default_factory=dict)  # per-call figures (spike, soak: llmrec.loadtest.calls)
 
     def row(self, name: str) -> dict:
         loc, srv = self.locust.get(name, {}), self.server.get(name, {})
@@ -149,6 +155,7 @@ def locust_run(
     rate: float,
     duration_s: float,
     shape_env: dict[str, str] | None = None,
+    steady: bool = False,
 ) -> RunResult:
     """One headless locust process, bounded by `duration_s` (and a hard timeout), against 127.0.0.1 or `target`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +177,7 @@ def locust_run(
         "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
         "--loglevel", "INFO", "--logfile", str(log_path),
     ]  # fmt: skip
-    if not shape_env:
+    if not shape_env or steady:  # a fixed number of users for a fixed time (extra env: the call log)
         command += ["-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s"]
     else:
         command += ["--csv-full-history"]
@@ -185,7 +192,7 @@ def locust_run(
         duration_s=time.time() - started,
         locust=_read_stats(prefix, duration_s),
         server=server,
-        history=_read_history(prefix) if shape_env else [],
+        history=_read_history(prefix) if shape_env and not steady else [],
     )
 
 
@@ -353,7 +360,44 @@ def spike(
         "LLMREC_SPIKE_TAIL_S": str(tail_s),
     }
     label = f"{tasks.replace(',', '+')}-spike"
-    return locust_run(target, workload, out_dir, label, tasks, base, warm_s + peak_s + tail_s, shape)
+    log = out_dir / f"{label}.calls.csv"
+    shape["LLMREC_LOAD_CALL_LOG"] = str(log)
+    run = locust_run(target, workload, out_dir, label, tasks, base, warm_s + peak_s + tail_s, shape)
+    log_calls = calls.read(log)
+    spans = {
+        "base": (5.0, warm_s),
+        "peak": (warm_s, warm_s + peak_s),
+        "after": (warm_s + peak_s, warm_s + peak_s + tail_s),
+    }
+    run.calls = {"phases": calls.phases(log_calls, spans), "offered_rps": {"base": base, "peak": peak}}
+    base_p99 = run.calls["phases"]["base"]["ok_p99_ms"]
+    run.calls["recovery_s"] = calls.recovery_s(log_calls, warm_s + peak_s, base_p99)
+    return run
+
+
+def soak(
+    target: Target, workload: Path, out_dir: Path, tasks: str, rate: float, duration_s: float = 600.0
+) -> RunResult:
+    """`rate` req/s for `duration_s`: errors and the drift of the admitted calls' p99 over the run."""
+    label = f"{tasks.replace(',', '+')}-soak"
+    log = out_dir / f"{label}.calls.csv"
+    run = locust_run(
+        target,
+        workload,
+        out_dir,
+        label,
+        tasks,
+        rate,
+        duration_s,
+        {"LLMREC_LOAD_CALL_LOG": str(log)},
+        steady=True,
+    )
+    log_calls = calls.read(log)
+    run.calls = {
+        "drift": calls.drift(log_calls),
+        "total": calls.phases(log_calls, {"all": (0.0, duration_s + 1)})["all"],
+    }
+    return run
 
 
 def _summary(run: RunResult, name: str) -> str:

@@ -2,7 +2,9 @@
 
 Scenarios: smoke (seconds, every model; fails on any error or if locust and Triton disagree on the
 request count), steady, ramp (saturation point and the p99 at 50% / 80% of it per model), spike (3x the
-saturation rate for 30 s), perf (perf_analyzer at concurrency 1..32), full (ramp + spike + perf).
+saturation rate for 30 s: refusals and the admitted calls' latency per phase, recovery), soak (70% of the
+saturation rate for 10 minutes: errors and p99 drift), perf (perf_analyzer at concurrency 1..32), full
+(ramp + spike + perf).
 Everything lands in artifacts/loadtest/<scenario>/: the JSON of every run, the table, PNG plots.
 """
 
@@ -10,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
 from llmrec.loadtest import perf_analyzer, report, runner
 from llmrec.loadtest.workload import Workload
+from llmrec.server.client import CONTROL_KEY_ENV
 
 DEFAULT_START_RPS = {"rank": 5.0, "similar": 50.0, "embed": 5.0}
 # The ramp's p99 bound per model: about 3x its unloaded p99 on the 2-core machine (rank ~700 ms, similar ~7 ms,
 # embed ~20 ms), so the saturation point marks where queueing, not the work, sets the latency.
 DEFAULT_P99_BOUND_MS = {"rank": 100.0, "similar": 100.0, "embed": 200.0}
+SOAK_SHARE, SOAK_S = 0.7, 600.0  # the soak: 70% of the saturation rate for 10 minutes (--duration overrides)
 
 
 class LoadTestFailed(RuntimeError):
@@ -32,14 +37,14 @@ def target(repo: Path | None, url: str | None, metrics_url: str | None, batching
     if url:
         if not metrics_url:
             raise ValueError("attaching to a server needs its metrics URL too (--metrics-url)")
-        yield runner.Target(url, metrics_url)
+        yield runner.Target(url, metrics_url, os.environ.get(CONTROL_KEY_ENV))
         return
     from llmrec.export.repository import without_batching
     from llmrec.server.launcher import TritonServer
 
     served = repo if batching else without_batching(repo, out_dir / "repo-no-batching")
     with TritonServer(served, log_path=out_dir / "tritonserver.log") as server:
-        yield runner.Target(server.grpc_url, server.metrics_url)
+        yield runner.Target(server.grpc_url, server.metrics_url, server.control_key)
 
 
 def counts_agree(run: runner.RunResult) -> list[str]:
@@ -120,13 +125,38 @@ def run_suite(
                 runs.append(run)
                 report.plot_spike(run, out_dir / f"{model}-spike.png")
                 result.setdefault("recovery_s", {})[model] = report.recovery_s(run)
+                result.setdefault("overload", {})[model] = run.calls
+                phases = [
+                    {"phase": k, **{f: v for f, v in row.items() if f != "statuses"}}
+                    for k, row in run.calls["phases"].items()
+                ]
+                report.show(
+                    f"spike: {model}, admitted calls per phase (recovery {run.calls['recovery_s']} s)", phases
+                )
+        if scenario == "soak":
+            for model in models:
+                saturation = rate or (result.get("saturation_rps") or {}).get(model)
+                if not saturation:
+                    raise ValueError("soak needs the saturation rate: give --rate")
+                soak_rate, soak_s = saturation * SOAK_SHARE, duration_s if duration_s >= 60 else SOAK_S
+                print(
+                    f"soak: {model} at {soak_rate:.1f} req/s ({SOAK_SHARE:.0%} of {saturation}) for {soak_s:.0f} s",
+                    flush=True,
+                )
+                run = runner.soak(where, workload_path, out_dir, model, soak_rate, soak_s)
+                runs.append(run)
+                result.setdefault("soak", {})[model] = run.calls
+                report.show(
+                    f"soak: {model}, drift of the admitted p99 {run.calls['drift']['drift']:+.1%}",
+                    [{k: v for k, v in w.items() if k != "statuses"} for w in run.calls["drift"]["windows"]],
+                )
         if scenario in ("perf", "full"):
             result["perf_analyzer"] = {}
             for model in models:
                 levels = concurrency or ([1, 2, 4, 8] if model == "rank" else [1, 2, 4, 8, 16, 32])
                 print(f"perf_analyzer: {model} at concurrency {levels}", flush=True)
                 result["perf_analyzer"][model] = perf_analyzer.run(
-                    model, where.grpc_url, workload, out_dir / "perf", levels
+                    model, where.grpc_url, workload, out_dir / "perf", levels, control_key=where.control_key
                 )
             report.plot_perf(result["perf_analyzer"], out_dir / "perf-throughput-and-split.png")
     result["wall_s"] = round(time.time() - started, 1)
