@@ -6,6 +6,7 @@ repository, a readiness health check and a restart policy.
 """
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -26,7 +27,15 @@ def compose_binary() -> Path:
     return binary
 
 
-def compose(*args: str, file: Path = ROOT / "docker-compose.yml") -> subprocess.CompletedProcess:
+CONTROL_KEY = "a-key-for-the-test"
+
+
+def compose(
+    *args: str, file: Path = ROOT / "docker-compose.yml", key: str | None = CONTROL_KEY
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LLMREC_CONTROL_KEY"}
+    if key is not None:
+        env["LLMREC_CONTROL_KEY"] = key
     return subprocess.run(
         [
             str(compose_binary()),
@@ -41,6 +50,7 @@ def compose(*args: str, file: Path = ROOT / "docker-compose.yml") -> subprocess.
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
@@ -78,6 +88,17 @@ def test_triton_service_is_production_shaped(config):
     assert triton["restart"] == "unless-stopped"
     assert "--metrics-config=summary_latencies=true" in triton["command"]
     assert "--model-config-name=gpu" in triton["command"]
+
+
+def test_the_control_api_is_restricted_to_the_key_and_up_refuses_without_one(config):
+    from llmrec.server.contract import CONTROL_HEADER
+    from llmrec.server.launcher import RESTRICTED
+
+    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
+        want = f"{flag}={','.join(RESTRICTED)}:{CONTROL_HEADER}={CONTROL_KEY}"
+        assert want in config["services"]["triton"]["command"], flag
+    result = compose("config", "-q", key=None)
+    assert result.returncode != 0 and "LLMREC_CONTROL_KEY" in result.stderr
     assert re.search(r"tritonserver:\d\d\.\d\d-py3", (ROOT / "deploy" / "Dockerfile").read_text()), (
         "pin the NGC image"
     )
