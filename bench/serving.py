@@ -86,7 +86,7 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
     }
 
 
-ENSEMBLE = """# bench only: `similar` by text as a Triton ensemble, to compare with the fused BLS path
+ENSEMBLE = """# bench only: `similar` by text as a Triton ensemble of the two cores, to compare with the fused BLS path
 name: "similar_text"
 platform: "ensemble"
 max_batch_size: 64
@@ -101,13 +101,13 @@ output [
 ensemble_scheduling {
   step [
     {
-      model_name: "embed"
+      model_name: "embed_core"
       model_version: -1
       input_map { key: "TEXT" value: "TEXT" }
       output_map { key: "VECTOR" value: "query_vector" }
     },
     {
-      model_name: "similar"
+      model_name: "similar_core"
       model_version: -1
       input_map { key: "VECTOR" value: "query_vector" }
       input_map { key: "K" value: "K" }
