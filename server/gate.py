@@ -3,8 +3,9 @@
 Why it exists: this Triton build's python backend checks the framing of BYTES inputs (4-byte length +
 bytes per element) while it gathers a dynamic batch, and one request whose last element claims more bytes
 than it carries (Triton's own request check lets that through) fails the whole batch: every other request
-in it got that request's error. The gate has no dynamic batching, so each request is gathered alone and
-such a request fails alone (INVALID_ARGUMENT naming the input); the batched `<model>_core` behind it only
+in it got that request's error. The gate executes one request at a time (its dynamic batcher prefers
+batches of 1 and waits for nothing; it is there for the bounded queue), so each request is gathered alone
+and such a request fails alone (INVALID_ARGUMENT naming the input); the batched `<model>_core` behind it only
 ever sees inputs that passed. The gate also refuses a request without a required input, by name: this
 build does not check that for python models, and an ensemble would then wait for a tensor that never
 comes ("unexpected deadlock"). Wiring: llmrec.server.ensembles. Imported only inside the python backend's
@@ -26,7 +27,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
-        for request in requests:  # one request per call (no dynamic batching), but any count is handled
+        for request in requests:  # one request per call (preferred batch size 1), but any count is handled
             try:
                 missing = [n for n in self.required if pb_utils.get_input_tensor_by_name(request, n) is None]
                 if missing:

@@ -294,7 +294,8 @@ class TritonServer:
 
     def load_models(self) -> None:
         """Each model serves its newest version that is intact and loads; skipped versions are reported
-        (`skipped`, and the server log). A model with no version that loads stops the start."""
+        (`skipped`, `report()`, which `llmrec serve` prints). A model with no version that loads stops
+        the start."""
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException
 

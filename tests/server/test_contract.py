@@ -83,10 +83,16 @@ def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     assert tensors(ensemble.input) == {(n, d, dims, True) for n, d, dims, _ in expected(model.inputs)}
     assert tensors(gate.input) == expected(model.inputs)
     assert tensors(ensemble.output) == expected(model.outputs)
-    # every input goes through the gate, which has no dynamic batching, and only then to the core
+    # every input goes through the gate, one request per execution, and only then to the core
     names = {t.name for t in model.inputs}
     assert {t.name for t in gate.input} == {t.name for t in gate.output} == names
-    assert not gate.HasField("dynamic_batching")
+    batcher = gate.dynamic_batching  # there for its bounded queue: it never merges requests
+    assert list(batcher.preferred_batch_size) == [1] and batcher.max_queue_delay_microseconds == 0
+    assert (
+        model_config_pb2.ModelQueuePolicy.TimeoutAction.Name(batcher.default_queue_policy.timeout_action)
+        == "REJECT"
+    )
+    assert 0 < batcher.default_queue_policy.max_queue_size <= 1024
     first, second = ensemble.ensemble_scheduling.step
     assert (first.model_name, second.model_name) == (ensembles.gate(name), ensembles.core(name))
     assert dict(first.input_map) == {n: n for n in names}

@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from llmrec.loadtest import fuzz
-from llmrec.server import runtime, versions
+from llmrec.server import metrics, runtime, versions
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER
 from llmrec.server.launcher import TritonServer, free_ports
@@ -233,10 +233,14 @@ def test_a_seeded_fuzz_run_crashes_nothing_and_fails_no_valid_request(repo, tmp_
     with TritonServer(repo, log_path=tmp_path / "fuzz.log") as server:
         warm = fuzz.run(server.grpc_url, ids, texts, dim=16, n=1_000, threads=8, seed=1)
         assert warm.ok, warm.broken[:5]
-        before = _group_rss(server.process.pid)
+        before, counters = _group_rss(server.process.pid), metrics.scrape(server.metrics_url)
         summary = fuzz.run(server.grpc_url, ids, texts, dim=16, n=10_000, threads=8, seed=2)
         after = _group_rss(server.process.pid)
         assert server.process.poll() is None, "the server died"
+        delta = {k: v - counters.get(k, 0.0) for k, v in metrics.scrape(server.metrics_url).items()}
+    for gate in ("embed_gate", "similar_gate", "rank_gate"):  # never two requests in one execution
+        answered = delta[("nv_inference_request_success", gate)]
+        assert answered > 500 and delta[("nv_inference_exec_count", gate)] >= answered, gate
     outcomes = dict(summary.outcomes)
     print(f"fuzz: {summary.requests} requests, {summary.retries} retried (overload), {outcomes}")
     print(f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
