@@ -177,6 +177,8 @@ MIXED = [  # (model, inputs, None for a valid request or a fragment of the error
     ("similar", lambda: [fuzz._vector(np.full(16, 1e30)), _k(40)], None),
     ("similar", lambda: [fuzz._vector(np.ones(9)), _k(3)], "VECTOR must have 16 values per row"),
     ("rank", lambda: [_bytes("HISTORY", [[""]]), _bytes("CANDIDATES", [["Movie 1"]])], "HISTORY[0][0] is empty"),
+    ("rank", lambda: [_bytes("HISTORY", [["Movie 1"]]), _bytes("CANDIDATES", [["Movie 2", "y" * 20_000]])],
+     "CANDIDATES[0][1] is 20000 bytes; the limit is 16384"),
     ("rank", lambda: [_raw("HISTORY", b"\x10\x00\x00\x00a"), _bytes("CANDIDATES", [["Movie 1"]])],
      "incomplete string data for inference input 'HISTORY'"),
 ]  # fmt: skip
@@ -221,6 +223,19 @@ def test_in_concurrent_mixed_batches_every_valid_request_succeeds_and_every_bad_
             assert "INVALID_ARGUMENT" in str(result.status()), result
             assert message in result.message(), (message, result.message())
     assert server.process.poll() is None
+
+
+def test_an_oversized_text_is_refused_at_the_gate_and_never_reaches_the_core(server):
+    # passed on, a 50 MB text grew the core's shared memory too, for good
+    before = metrics.scrape(server.metrics_url)
+    with pytest.raises(InferenceServerException, match=r"TEXT\[0\] is 5000000 bytes; the limit is 16384"):
+        grpcclient.InferenceServerClient(server.grpc_url).infer(
+            "embed", [_bytes("TEXT", [["z" * 5_000_000]])]
+        )
+    after = metrics.scrape(server.metrics_url)
+    seen = {m: after.get(("nv_inference_request_success", m), 0) - before.get(("nv_inference_request_success", m), 0)
+            for m in ("embed_gate", "embed_core")}  # fmt: skip
+    assert seen == {"embed_gate": 1, "embed_core": 0}
 
 
 def _group_rss(pid: int) -> int:
