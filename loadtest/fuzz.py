@@ -258,7 +258,7 @@ def run(
     threads: int = 8,
     seed: int = 0,
     timeout: float = 60.0,
-    retries: int = 6,
+    retries: int = 10,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
     """n seeded requests from `threads` concurrent callers; what each got, and every broken promise."""
@@ -286,7 +286,7 @@ def run(
                         break
                     with lock:
                         summary.retries += 1
-                    time.sleep(0.02 * 2**attempt * random.uniform(0.5, 1.5))
+                    time.sleep(min(1.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))
                 fine = got == case.expect or (case.expect == "either" and got in ("ok", "invalid"))
                 with lock:
                     summary.requests += 1

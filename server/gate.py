@@ -9,8 +9,8 @@ and such a request fails alone (INVALID_ARGUMENT naming the input); the batched 
 ever sees inputs that passed. The gate also refuses, by name, a request without a required input (this
 build does not check that for python models, and an ensemble would then wait for a tensor that never
 comes: "unexpected deadlock"), and a text longer than the contract allows: passed on, a 50 MB text grew
-the core's shared memory as well, for good (measured: +930 MB of server memory after five of them). Wiring: llmrec.server.ensembles. Imported only inside the python backend's
-stub.
+the core's shared memory as well, for good (measured: +930 MB of server memory after five of them).
+Wiring: llmrec.server.ensembles. Imported only inside the python backend's stub.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import triton_python_backend_utils as pb_utils
 from llmrec.server.contract import MAX_TEXT_BYTES
 
 
-def _refusal(name: str, values: np.ndarray) -> str | None:
-    """Why a BYTES input cannot pass (an element over the text limit), or None."""
+def _refusal(name: str, values: np.ndarray, per_row: bool) -> str | None:
+    """Why a BYTES input cannot pass (an element over the text limit), or None. Elements are named as the
+    cores name them: TEXT[r] for one text per row, HISTORY[b][j] for lists (`per_row`)."""
     if values.dtype != np.object_:
         return None
-    rows = (
-        values.reshape(-1, 1) if values.ndim < 2 or values.shape[-1] == 1 else values.reshape(len(values), -1)
-    )
+    rows = values.reshape(len(values), -1) if per_row and values.ndim >= 1 else values.reshape(-1, 1)
     for (b, j), value in np.ndenumerate(rows):
-        if len(value) > MAX_TEXT_BYTES:  # named as the cores name it: TEXT[b], or HISTORY[b][j]
-            where = f"[{b}]" if rows.shape[1] == 1 else f"[{b}][{j}]"
+        if len(value) > MAX_TEXT_BYTES:
+            where = f"[{b}][{j}]" if per_row else f"[{b}]"
             return f"{name}{where} is {len(value)} bytes; the limit is {MAX_TEXT_BYTES}"
     return None
 
@@ -42,6 +41,8 @@ class TritonPythonModel:
         inputs = json.loads(args["model_config"])["input"]
         self.names = [tensor["name"] for tensor in inputs]
         self.required = [tensor["name"] for tensor in inputs if not tensor.get("optional", False)]
+        # inputs holding a list of texts per row (dims [-1], e.g. HISTORY) rather than one (dims [1])
+        self.lists = {tensor["name"] for tensor in inputs if [int(d) for d in tensor["dims"]] == [-1]}
 
     def execute(self, requests):
         responses = []
@@ -54,7 +55,7 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     if tensor is not None and why is None:
                         values = tensor.as_numpy()
-                        why = _refusal(name, values)
+                        why = _refusal(name, values, name in self.lists)
                         tensors.append(pb_utils.Tensor(name, values))
                 if why is not None:
                     error = pb_utils.TritonError(why, pb_utils.TritonError.INVALID_ARG)
