@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from llmrec.kernels import cosine_topk
+from llmrec.server import ensembles, versions
 from llmrec.server.contract import BadRequest
 from llmrec.server.tokenizer import ServingTokenizer
 
@@ -173,9 +174,10 @@ class ItemIndex:
 def embed_dim(repo: Path) -> tuple[int, int] | None:
     """(version, vector dimension) of the newest `embed` version in a model repository that has its
     metadata; None where the repository has no `embed` model."""
-    folder = Path(repo) / "embed_core"  # llmrec.server.ensembles.core("embed")
-    versions = sorted((int(p.name) for p in folder.glob("[1-9]*") if p.name.isdigit()), reverse=True)
-    for version in versions:
+    folder = Path(repo) / ensembles.core("embed")
+    if not folder.is_dir():
+        return None
+    for version in versions.versions(folder):
         meta = folder / str(version) / NOTELLM_META
         try:
             return version, int(json.loads(meta.read_text())["emb_dim"])

@@ -278,6 +278,14 @@ def serve(repo: Path, artifacts: Path) -> tuple[subprocess.Popen, list[int]]:
     return process, [http, grpc, metrics]
 
 
+def wait_serving(process: subprocess.Popen) -> list[psutil.Process]:
+    """Read `llmrec serve`'s output until it says it is serving; its descendants (tritonserver, stubs)."""
+    for line in process.stdout:  # ends (and fails below) if the process dies first
+        if "serving" in line:
+            return descendants(process.pid)
+    raise AssertionError(f"llmrec serve exited with {process.wait()} before serving")
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -334,9 +342,7 @@ def assert_clean(process: subprocess.Popen, children: list[psutil.Process], arti
 def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, sig):
     process, (_, grpc_port, _) = serve(repo, tmp_path)
     try:
-        lines = []
-        wait_for(lambda: lines.append(process.stdout.readline()) or "serving" in lines[-1], 120, "serving")
-        children = descendants(process.pid)
+        children = wait_serving(process)
         assert triton_pids(children)
         assert list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), (
             "the prefix names this server's regions"
@@ -354,9 +360,7 @@ def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, si
 def test_serve_exits_non_zero_when_tritonserver_dies_and_cleans_up(repo, tmp_path):
     process, (_, grpc_port, _) = serve(repo, tmp_path)
     try:
-        lines = []
-        wait_for(lambda: lines.append(process.stdout.readline()) or "serving" in lines[-1], 120, "serving")
-        children = descendants(process.pid)
+        children = wait_serving(process)
         os.kill(triton_pids(children)[0], signal.SIGKILL)
         assert process.wait(timeout=15) == 1
         assert "exited on its own with status -9" in process.stdout.read()
