@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -94,7 +95,8 @@ def train_notellm(
     test_fraction: TestFracOpt = 0.1,
 ) -> None:
     """Train NoteLLM (GCL + CSFT) on the training pairs of the time split."""
-    from llmrec.runs import provenance, write_json
+    from llmrec.runs import provenance, table, write_json
+    from llmrec.training import loss_report
     from llmrec.training.notellm.presets import preset as get_preset
     from llmrec.training.notellm.trainer import NoteLLMTrainer
 
@@ -127,6 +129,11 @@ def train_notellm(
         typer.echo(f"no checkpoint in {trainer.ckpt_dir}; starting from scratch")
     history = trainer.train(split.train_pairs, data.items)
     model_dir = trainer.save()
+    steps = [vars(h) for h in history]
+    summary = loss_report.summarize(steps, train_config.batch_pairs)
+    plot = loss_report.plot(
+        steps, train_config.batch_pairs, run_dir / "loss.png", title=f"NoteLLM, preset {preset}"
+    )
     first, last = history[0], history[-1]
     report = {
         "preset": preset,
@@ -137,13 +144,18 @@ def train_notellm(
         "l_cl_last": last.l_cl,
         "l_gen_last": last.l_gen,
         "tau_last": last.tau,
+        "loss_summary": summary,
+        "trunk_cache": trainer.cache_report(),
         "model_dir": str(model_dir),
         **provenance(started),
     }
     write_json(run_dir / "report.json", report)
+    typer.echo("\nlosses, mean per window of steps (chance for the contrastive loss: log(2B-1)):")
+    typer.echo(table(summary["windows"]))
+    typer.echo(loss_report.verdict(summary, color=sys.stdout.isatty()))
     typer.echo(
         f"trained {last.step} steps in {report['wall_s']} s; peak memory {report['peak_rss_mib']:.0f} MiB; "
-        f"loss {first.loss:.3f} -> {last.loss:.3f}; model in {model_dir}"
+        f"model in {model_dir}; loss curves in {plot}"
     )
 
 
@@ -179,8 +191,11 @@ def eval_notellm(
         bool, typer.Option(help="Also score the untruncated backbone zero-shot (slow on CPU).")
     ] = False,
     minilm_finetuned: Annotated[
-        bool, typer.Option(help="Also fine-tune all-MiniLM-L6-v2 with GCL on the same pairs (a few minutes).")
-    ] = False,
+        bool, typer.Option(help="Fine-tune all-MiniLM-L6-v2 with GCL on the same pairs (a few minutes).")
+    ] = True,
+    generation: Annotated[
+        bool, typer.Option(help="Generate categories for held-out items (--no-generation: recall only).")
+    ] = True,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
     test_fraction: TestFracOpt = 0.1,
@@ -191,7 +206,14 @@ def eval_notellm(
     run_dir = run_dir or _notellm_dir()
     data, _, split = _load(items, interactions, test_fraction)
     try:
-        evaluate_notellm(run_dir, data, split, full_backbone=full_backbone, minilm_finetuned=minilm_finetuned)
+        evaluate_notellm(
+            run_dir,
+            data,
+            split,
+            full_backbone=full_backbone,
+            minilm_finetuned=minilm_finetuned,
+            generation=generation,
+        )
     except FileNotFoundError as e:
         raise _fail(e) from None
 

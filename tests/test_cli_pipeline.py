@@ -33,11 +33,23 @@ def test_train_eval_embed_on_user_files(tmp_path, tiny_llama_dir):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["steps"] == 4 and report["peak_rss_mib"] > 0
 
-    result = runner.invoke(app, ["eval", "notellm", *run, *data])
+    result = runner.invoke(app, ["eval", "notellm", "--no-minilm-finetuned", *run, *data])
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["rows"]
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    rows = report["rows"]
     assert [r["model"].split()[0] for r in rows] == ["popularity", "all-MiniLM-L6-v2", "SmolLM2", "NoteLLM"]
     assert all(0 <= r["R@10"] <= 100 for r in rows)
+    assert report["category_generation"] is True
+    assert [r["model"] for r in report["by_exposure"]] == [r["model"] for r in rows]
+    sizes = report["bucket_pairs"]
+    assert sizes["low"] + sizes["high"] == sizes["all"] == report["test_pairs"]
+    assert "by the target's exposure" in result.output
+
+    result = runner.invoke(app, ["eval", "notellm", "--no-minilm-finetuned", "--no-generation", *run, *data])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert report["category_generation"] is False
+    assert all(r["category acc %"] != r["category acc %"] for r in report["rows"])  # NaN: not generated
 
     out = tmp_path / "vectors.parquet"
     result = runner.invoke(app, ["embed", *run, "--out", str(out), *data])

@@ -51,3 +51,24 @@ def test_popularity_recall_by_hand():
     pairs = pd.DataFrame({"src": ["a", "c"], "dst": ["b", "d"], "score": 1.0})
     got = popularity_recall(train, ["a", "b", "c", "d"], pairs, ks=(1, 2, 3))
     assert got == pytest.approx({"R@1": 0.0, "R@2": 50.0, "R@3": 100.0})
+
+
+def test_exposure_buckets_on_a_hand_made_split():
+    from llmrec.training.i2i_eval import exposure_buckets, recall_from_ranks
+
+    # Training-period interactions: a x4, b x3, c x1, d x0; e never seen. Training pairs cover a, b, c.
+    train = pd.DataFrame({"user_id": "u", "item_id": list("aaaabbbc"), "timestamp": 0.0})
+    train_pairs = pd.DataFrame({"src": ["a", "b"], "dst": ["b", "c"], "score": 1.0})
+    test = pd.DataFrame({"src": ["c", "c", "a", "b"], "dst": ["a", "b", "d", "e"], "score": 1.0})
+    # Target exposures 4, 3, 0, 0: median 1.5 -> low = d, e; high = a, b; cold = d, e (in no training pair).
+    got = exposure_buckets(train, train_pairs, test)
+    assert got["all"].tolist() == [True] * 4
+    assert got["low"].tolist() == [False, False, True, True]
+    assert got["high"].tolist() == [True, True, False, False]
+    assert got["cold"].tolist() == [False, False, True, True]
+    ranks = torch.tensor([0, 5, 1, 9])
+    assert recall_from_ranks(ranks, (2,), got["high"]) == {"R@2": 50.0}
+    assert recall_from_ranks(ranks, (2,), got["low"]) == {"R@2": 50.0}
+    assert recall_from_ranks(ranks, (10,)) == {"R@10": 100.0}
+    empty = recall_from_ranks(ranks, (2,), [False] * 4)
+    assert empty["R@2"] != empty["R@2"]  # NaN: no pairs in the bucket

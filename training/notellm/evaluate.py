@@ -12,16 +12,33 @@ import typer
 from llmrec.runs import provenance, table, write_json
 from llmrec.training.embed_io import load_vectors
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
-from llmrec.training.i2i_eval import category_accuracy, popularity_recall, recall_at_k
+from llmrec.training.i2i_eval import (
+    DEFAULT_KS,
+    category_accuracy,
+    exposure_buckets,
+    pair_ranks,
+    popularity_ranks,
+    recall_from_ranks,
+)
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.trainer import seed_everything
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
 
 
+BUCKET_KS = (10, 100)  # the by-exposure table's cut-offs
+
+
 def evaluate_notellm(
-    run_dir: Path, data: RecData, split: Split, full_backbone: bool = False, minilm_finetuned: bool = False
+    run_dir: Path,
+    data: RecData,
+    split: Split,
+    full_backbone: bool = False,
+    minilm_finetuned: bool = True,
+    generation: bool = True,
 ) -> dict:
+    """Recall@k overall and by exposure bucket for NoteLLM and its baselines; category accuracy unless
+    `generation` is off (greedy generation is the slow part when only recall is wanted)."""
     started = time.time()
     seed_everything(0)  # the zero-shot rows' [EMB] embedding is drawn at random when the vocabulary grows
     config_path = run_dir / "config.json"
@@ -33,29 +50,38 @@ def evaluate_notellm(
     ids = data.items["item_id"].tolist()
     held_out = split.held_out_items(data.items)
     truth = held_out["category"].tolist()
+    ks = [k for k in DEFAULT_KS if k < len(ids)]
+    buckets = exposure_buckets(split.train_interactions, split.train_pairs, split.test_pairs)
     rows: list[dict] = []
+    bucket_rows: list[dict] = []
 
-    def add(name: str, vectors: torch.Tensor, cat_acc: float | None = None) -> None:
+    def add_ranks(name: str, dim: int, rank: torch.Tensor, cat_acc: float | None = None) -> None:
         rows.append(
             {
                 "model": name,
-                "dim": vectors.shape[1],
-                **recall_at_k(vectors, ids, split.test_pairs),
+                "dim": dim,
+                **recall_from_ranks(rank, ks),
                 "category acc %": cat_acc if cat_acc is not None else float("nan"),
             }
         )
+        by_bucket = {"model": name}
+        for k in BUCKET_KS:
+            for bucket, where in buckets.items():
+                by_bucket[f"R@{k} {bucket}"] = recall_from_ranks(rank, [k], where)[f"R@{k}"]
+        bucket_rows.append(by_bucket)
         typer.echo(
             f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.startswith("R@"))
         )
 
+    def add(name: str, vectors: torch.Tensor, cat_acc: float | None = None) -> None:
+        add_ranks(name, vectors.shape[1], pair_ranks(vectors, ids, split.test_pairs, max(ks)), cat_acc)
+
+    def categories(model: NoteLLM) -> float | None:
+        return category_accuracy(generate_categories(model, held_out), truth) if generation else None
+
     # 0. Context, not a text model: one popularity list for every query.
-    rows.append(
-        {
-            "model": "popularity (train period)",
-            "dim": 0,
-            **popularity_recall(split.train_interactions, ids, split.test_pairs),
-            "category acc %": float("nan"),
-        }
+    add_ranks(
+        "popularity (train period)", 0, popularity_ranks(split.train_interactions, ids, split.test_pairs)
     )
     # 1. The SentenceBERT analogue.
     add("all-MiniLM-L6-v2 zero-shot", encode_sentence_model(data.items))
@@ -68,11 +94,7 @@ def evaluate_notellm(
     # 2. The backbone as NoteLLM trains it (same layers kept), untrained, raw hidden state.
     zero = NoteLLM(trained_config)
     layers = len(zero.lm.model.layers)
-    add(
-        f"SmolLM2 {layers}L zero-shot",
-        encode_notellm(zero, data.items, project=False),
-        category_accuracy(generate_categories(zero, held_out), truth),
-    )
+    add(f"SmolLM2 {layers}L zero-shot", encode_notellm(zero, data.items, project=False), categories(zero))
     del zero
     # 3. Optionally the whole backbone, untruncated.
     if full_backbone and trained_config.keep_layers is not None:
@@ -87,20 +109,19 @@ def evaluate_notellm(
         del full
     # 4. The trained model.
     model = NoteLLM.load(run_dir / "model")
-    add(
-        f"NoteLLM ({layers}L, trained)",
-        _saved_or_encoded(model, run_dir, data.items),
-        category_accuracy(generate_categories(model, held_out), truth),
-    )
+    add(f"NoteLLM ({layers}L, trained)", _saved_or_encoded(model, run_dir, data.items), categories(model))
 
     majority = (
         held_out["category"].value_counts(normalize=True).max() * 100 if len(held_out) else float("nan")
     )
     report = {
         "rows": rows,
+        "by_exposure": bucket_rows,
+        "bucket_pairs": {bucket: int(where.sum()) for bucket, where in buckets.items()},
         "test_pairs": len(split.test_pairs),
         "items": len(ids),
         "held_out_items": len(held_out),
+        "category_generation": generation,
         "majority_category_acc": majority,
         **provenance(started),
     }
@@ -111,6 +132,12 @@ def evaluate_notellm(
         f"(majority class: {majority:.1f}%)"
     )
     typer.echo(table(rows))
+    sizes = ", ".join(f"{b} {n}" for b, n in report["bucket_pairs"].items())
+    typer.echo(
+        f"\nby the target's exposure (training-period interactions, split at the median; cold: in no training "
+        f"pair); pairs: {sizes}"
+    )
+    typer.echo(table(bucket_rows))
     typer.echo(f"report: {run_dir / 'eval' / 'report.json'}")
     return report
 

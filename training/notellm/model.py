@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
-from llmrec.training.notellm.losses import GenerativeContrastiveLoss
+from llmrec.training.notellm.losses import GenerativeContrastiveLoss, generation_loss
 from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 
 
@@ -114,6 +116,38 @@ class NoteLLM(nn.Module):
         """Last-layer states after the final norm, (B, T, H)."""
         return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    # --- the frozen trunk and the trained top (trunk caching) ----------------------------------
+    @property
+    def n_frozen(self) -> int:
+        """Decoder layers below the trained top: their output can be computed once and cached."""
+        if self.config.train_layers is None:
+            return 0
+        return len(self.lm.model.layers) - self.config.train_layers
+
+    @contextmanager
+    def _only(self, layers: nn.ModuleList, norm: nn.Module) -> Iterator[nn.Module]:
+        """The decoder running just `layers` then `norm`; rotary positions and the causal mask stay its own."""
+        decoder = self.lm.model
+        saved = decoder.layers, decoder.norm
+        decoder.layers, decoder.norm = layers, norm
+        try:
+            yield decoder
+        finally:
+            decoder.layers, decoder.norm = saved
+
+    @torch.no_grad()
+    def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the embeddings and the frozen layers, (B, T, H): what the trunk cache stores."""
+        layers = self.lm.model.layers
+        with self._only(layers[: self.n_frozen], nn.Identity()) as decoder:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def top_states(self, trunk: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The trained top layers and the final norm over trunk states; equals hidden_states() end to end."""
+        layers = self.lm.model.layers
+        with self._only(layers[self.n_frozen :], self.lm.model.norm) as decoder:
+            return decoder(inputs_embeds=trunk, attention_mask=attention_mask).last_hidden_state
+
     def note_vectors(self, hidden: torch.Tensor, emb_index: torch.Tensor) -> torch.Tensor:
         """L2-normalised note vectors (B, d) from the states at (or just before) [EMB]."""
         return F.normalize(
@@ -124,6 +158,15 @@ class NoteLLM(nn.Module):
         """The hidden state (B, H) that becomes the note vector: at [EMB], or just before it."""
         pos = emb_index - 1 if self.config.vector_position == "before_emb" else emb_index
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_cl, L_gen) of a batch of 2B prompts: token ids end to end, or cached trunk states ("trunk")."""
+        if "trunk" in batch:
+            hidden = self.top_states(batch["trunk"], batch["attention_mask"])
+        else:
+            hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
+        l_cl = self.gcl(self.note_vectors(hidden, batch["emb_index"]))
+        return l_cl, generation_loss(hidden, batch["labels"], self.lm.lm_head)
 
     @torch.no_grad()
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

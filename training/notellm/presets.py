@@ -31,6 +31,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: bool = False  # bf16 autocast (CUDA; on CPU it is slower than fp32)
     gradient_checkpointing: bool = False
+    trunk_cache: bool = True  # run the frozen layers once per (item, prompt variant); see trunk_cache.py
+    tag_variants: int = 2  # tag prompts drawn once per item for the cache (uncached runs draw per step)
+    cache_dtype: str = "bfloat16"  # what the cached states are kept in
     checkpoint_every: int = 100  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2
     seed: int = 0

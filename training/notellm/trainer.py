@@ -19,10 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from llmrec.runs import peak_rss_mib, write_json
-from llmrec.training.notellm.losses import combine, generation_loss
+from llmrec.training.notellm.losses import combine
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
 from llmrec.training.notellm.prompts import collate
+from llmrec.training.notellm.trunk_cache import TrunkCache
 
 
 def seed_everything(seed: int) -> None:
@@ -94,6 +95,12 @@ class NoteLLMTrainer:
             group["initial_lr"] = group["lr"]  # the schedule scales this; it survives a checkpoint round trip
         self.step = 0
         self.history: list[StepLog] = []
+        self.cache: TrunkCache | None = None
+        self.cache_s = 0.0
+
+    @property
+    def caches_trunk(self) -> bool:
+        return self.tc.trunk_cache and self.model.n_frozen > 0
 
     # --- checkpoints --------------------------------------------------------------------------
     @property
@@ -171,9 +178,25 @@ class NoteLLMTrainer:
         """Train to the planned number of steps (or stop early at `stop_at`, as an interruption would)."""
         by_id = {r["item_id"]: r for r in items.to_dict("records")}
         order = self.plan(pairs)
+        if self.caches_trunk and self.cache is None:
+            started = time.perf_counter()
+            in_pairs = set(pairs["src"]) | set(pairs["dst"])
+            self.cache = TrunkCache(
+                self.model,
+                [r for r in by_id.values() if r["item_id"] in in_pairs],
+                tag_variants=self.tc.tag_variants,
+                seed=self.tc.seed,
+                dtype=getattr(torch, self.tc.cache_dtype),
+            )
+            self.cache_s = time.perf_counter() - started
+            print(
+                f"trunk cache: {len(self.cache.states)} prompts of {len(in_pairs)} items through "
+                f"{self.model.n_frozen} frozen layers in {self.cache_s:.0f} s, {self.cache.nbytes / 2**20:.0f} MiB",
+                flush=True,
+            )
         prompt_rng = random.Random(self.tc.seed + 1)
         for done in range(self.step):  # replay the prompt sampler so a resumed run sees the same prompts
-            self._prompts(order[done], by_id, prompt_rng)
+            self._choose(order[done], by_id, prompt_rng)
         if self.step == 0 and self.mc.projection_init == "pca":
             self._init_projection(pairs, items)
         self.model.train()
@@ -181,16 +204,11 @@ class NoteLLMTrainer:
         end = len(order) if stop_at is None else min(stop_at, len(order))
         while self.step < end:
             started = time.perf_counter()
-            batch = {
-                k: v.to(self.device) for k, v in self._prompts(order[self.step], by_id, prompt_rng).items()
-            }
+            batch = self._batch(self._choose(order[self.step], by_id, prompt_rng))
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * self.lr_scale(self.step, len(order))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
-                hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
-                vectors = self.model.note_vectors(hidden, batch["emb_index"])
-                l_cl = self.model.gcl(vectors)
-                l_gen = generation_loss(hidden, batch["labels"], self.model.lm.lm_head)
+                l_cl, l_gen = self.model.losses(batch)
                 loss = combine(l_cl, l_gen, self.mc.alpha)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -239,13 +257,43 @@ class NoteLLMTrainer:
                 f"only {len(sample)} training items for a {self.mc.emb_dim}-d PCA: keeping the random projection"
             )
             return
-        states = encode_notellm(self.model, sample, project=False, normalize=False)
+        if self.cache is None:
+            states = encode_notellm(self.model, sample, project=False, normalize=False)
+        else:  # the category prompt's states at [EMB] are those of the embedding prompt (causal): top layers only
+            self.model.eval()
+            keys = [(i, 0) for i in sample["item_id"]]
+            with torch.no_grad():
+                parts = []
+                for start in range(0, len(keys), 64):
+                    batch = self.cache.batch(keys[start : start + 64], self.device)
+                    hidden = self.model.top_states(batch["trunk"], batch["attention_mask"])
+                    parts.append(self.model.vector_states(hidden, batch["emb_index"]).float())
+            states = torch.cat(parts)
         self.model.init_projection_pca(states.to(self.device))
 
-    def _prompts(self, pair_batch, by_id, rng) -> dict[str, torch.Tensor]:
-        notes = [by_id[a] for a, _ in pair_batch] + [by_id[b] for _, b in pair_batch]  # [a_1..a_B, b_1..b_B]
-        prompts = [self.model.prompts.training_prompt(n, rng) for n in notes]
-        return collate(prompts, self.model.tokenizer.pad_token_id)
+    def _choose(self, pair_batch, by_id, rng: random.Random) -> list:
+        """Each note's prompt for this step, [a_1..a_B, b_1..b_B]: a cache key, or a Prompt when uncached."""
+        notes = [a for a, _ in pair_batch] + [b for _, b in pair_batch]
+        if self.cache is not None:
+            return [self.cache.choose(n, rng, self.mc.prompt.tag_fraction) for n in notes]
+        return [self.model.prompts.training_prompt(by_id[n], rng) for n in notes]
+
+    def _batch(self, chosen: list) -> dict[str, torch.Tensor]:
+        if self.cache is not None:
+            return self.cache.batch(chosen, self.device)
+        batch = collate(chosen, self.model.tokenizer.pad_token_id)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def cache_report(self) -> dict | None:
+        if self.cache is None:
+            return None
+        return {
+            "frozen_layers": self.model.n_frozen,
+            "prompts": len(self.cache.states),
+            "items": len(self.cache.prompts),
+            "mib": round(self.cache.nbytes / 2**20, 1),
+            "build_s": round(self.cache_s, 1),
+        }
 
     def save(self) -> Path:
         folder = self.run_dir / "model"
