@@ -25,7 +25,6 @@ from llmrec.training.notellm.trainer import seed_everything
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
 
-
 BUCKET_KS = (10, 100)  # the by-exposure table's cut-offs
 
 
