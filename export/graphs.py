@@ -1,6 +1,7 @@
 """The two graphs that leave PyTorch, and the one way they are exported (torch.onnx, dynamo, opset 18).
 
-NoteLLM item encoder: prompted ids (b, t) + [EMB] position (b,) -> L2-normalised note vector (b, d).
+NoteLLM item encoder: prompted ids (b, t) + [EMB] position (b,) -> L2-normalised note vector (b, d)
+  (projection, less the fitted center, then the L2 norm: NoteLLM.note_vectors).
   Prompts are right-padded and the LM is causal, so the state at [EMB] never sees padding: the graph needs
   no attention mask, and the whole LM runs with the causal mask alone.
 EaaR text encoder: ids, attention mask, token types (b, t) -> token states (b, t, h), what the serving head
@@ -24,12 +25,13 @@ class NoteEncoderGraph(nn.Module):
         super().__init__()
         self.lm = notellm.lm.model
         self.project = notellm.project
+        self.register_buffer("center", notellm.center.detach().clone())
         self.offset = 1 if notellm.config.vector_position == "before_emb" else 0
 
     def forward(self, input_ids: torch.Tensor, emb_index: torch.Tensor) -> torch.Tensor:
         hidden = self.lm(input_ids=input_ids, use_cache=False).last_hidden_state  # (b, t, H)
         pos = (emb_index - self.offset).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        return F.normalize(self.project(torch.gather(hidden, 1, pos).squeeze(1)), dim=-1)
+        return F.normalize(self.project(torch.gather(hidden, 1, pos).squeeze(1)) - self.center, dim=-1)
 
 
 class TextEncoderGraph(nn.Module):

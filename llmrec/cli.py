@@ -163,10 +163,15 @@ def train_notellm(
 def embed(
     run_dir: NoteLLMDir = None,
     out: Annotated[Path | None, typer.Option(help="Output .npy (ids go next to it) or .parquet.")] = None,
+    show: Annotated[
+        int, typer.Option(help="Print the nearest neighbours of this many of the most interacted items.")
+    ] = 3,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
 ) -> None:
-    """Write L2-normalised NoteLLM vectors for every item."""
+    """Write L2-normalised NoteLLM vectors for every item; print how spread they are and a few neighbours."""
+    from llmrec.runs import table, write_json
+    from llmrec.training import vector_sanity
     from llmrec.training.embed_io import save_vectors
     from llmrec.training.encoders import encode_notellm
     from llmrec.training.notellm.model import NoteLLM
@@ -182,6 +187,16 @@ def embed(
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     typer.echo(f"wrote {len(vectors)} vectors of {vectors.shape[1]} dims to {path}")
+    sanity = vector_sanity.report(vectors, data.items)
+    write_json(run_dir / "vector_sanity.json", sanity)
+    typer.echo(
+        f"mean pairwise cosine {sanity['mean_pairwise_cosine']:.3f} (near 1: collapsed); top-10 neighbours "
+        f"sharing the item's category {100 * sanity['top10_category_agreement']:.1f}% "
+        f"(random neighbours: {100 * sanity['random10_category_agreement']:.1f}%)"
+    )
+    if show > 0:
+        popular = data.interactions["item_id"].value_counts().index[:show].tolist()
+        typer.echo(table(vector_sanity.neighbours(vectors, data.items, popular)))
 
 
 @eval_app.command("notellm")

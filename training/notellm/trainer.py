@@ -242,34 +242,49 @@ class NoteLLMTrainer:
             if self.step % self.tc.checkpoint_every == 0 or self.step == len(order):
                 self.save_checkpoint()
         bar.close()
+        if self.step == len(order):
+            self.fit_center(pairs, items)
         return self.history
 
     def _init_projection(self, pairs: pd.DataFrame, items: pd.DataFrame, max_items: int = 512) -> None:
         """PCA-initialise the projection from the training items' raw states (training items only: no leakage)."""
-        from llmrec.training.encoders import encode_notellm
-
         ids = pd.unique(pd.concat([pairs["src"], pairs["dst"]]))
         rng = np.random.default_rng(self.tc.seed)
-        chosen = rng.choice(ids, size=min(max_items, len(ids)), replace=False)
-        sample = items[items["item_id"].isin(set(chosen))]
+        chosen = set(rng.choice(ids, size=min(max_items, len(ids)), replace=False))
+        sample = items[items["item_id"].isin(chosen)]
         if len(sample) < self.mc.emb_dim:
             print(
                 f"only {len(sample)} training items for a {self.mc.emb_dim}-d PCA: keeping the random projection"
             )
             return
+        self.model.init_projection_pca(self._emb_states(sample).to(self.device))
+
+    def fit_center(self, pairs: pd.DataFrame, items: pd.DataFrame) -> None:
+        """Set the model's center to the mean projected vector of the training items (none: no leakage)."""
+        if not self.mc.center:
+            return
+        in_pairs = set(pairs["src"]) | set(pairs["dst"])
+        self.model.fit_center(self._emb_states(items[items["item_id"].isin(in_pairs)]).to(self.device))
+
+    @torch.no_grad()
+    def _emb_states(self, items: pd.DataFrame) -> torch.Tensor:
+        """Raw last-layer states at the vector position (n, H) of the items' embedding prompts."""
+        from llmrec.training.encoders import encode_notellm
+
+        was_training = self.model.training
+        self.model.eval()
         if self.cache is None:
-            states = encode_notellm(self.model, sample, project=False, normalize=False)
-        else:  # the category prompt's states at [EMB] are those of the embedding prompt (causal): top layers only
-            self.model.eval()
-            keys = [(i, 0) for i in sample["item_id"]]
-            with torch.no_grad():
-                parts = []
-                for start in range(0, len(keys), 64):
-                    batch = self.cache.batch(keys[start : start + 64], self.device)
-                    hidden = self.model.top_states(batch["trunk"], batch["attention_mask"])
-                    parts.append(self.model.vector_states(hidden, batch["emb_index"]).float())
+            states = encode_notellm(self.model, items, project=False, normalize=False)
+        else:  # the category prompt's states up to [EMB] are the embedding prompt's (causal): top layers only
+            keys = [(i, 0) for i in items["item_id"]]
+            parts = []
+            for start in range(0, len(keys), 64):
+                batch = self.cache.batch(keys[start : start + 64], self.device)
+                hidden = self.model.top_states(batch["trunk"], batch["attention_mask"])
+                parts.append(self.model.vector_states(hidden, batch["emb_index"]).float())
             states = torch.cat(parts)
-        self.model.init_projection_pca(states.to(self.device))
+        self.model.train(was_training)
+        return states
 
     def _choose(self, pair_batch, by_id, rng: random.Random) -> list:
         """Each note's prompt for this step, [a_1..a_B, b_1..b_B]: a cache key, or a Prompt when uncached."""

@@ -74,3 +74,24 @@ def test_the_trainer_caches_when_layers_are_frozen_and_resumes_identically(tiny_
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_center_is_the_mean_training_vector_and_survives_save_and_load(tiny_llama_dir, tmp_path):
+    items = make_items(16)
+    pairs = pairs_for(items)
+    config = NoteLLMConfig(backbone=str(tiny_llama_dir), emb_dim=16, train_layers=1, projection_init="random")
+    trainer = NoteLLMTrainer(config, TrainConfig(steps=2, batch_pairs=4, cache_dtype="float32"), tmp_path)
+    trainer.train(pairs, items)
+    model = trainer.model
+    in_pairs = items[items["item_id"].isin(set(pairs["src"]) | set(pairs["dst"]))]
+    with torch.no_grad():
+        states = trainer._emb_states(in_pairs)
+        centred = model.project(states) - model.center
+    assert model.center.abs().sum() > 0
+    assert torch.allclose(centred.mean(0), torch.zeros(16), atol=1e-5)
+
+    loaded = NoteLLM.load(trainer.save())
+    assert torch.equal(loaded.center, model.center)
+    from llmrec.training.encoders import encode_notellm
+
+    assert torch.allclose(encode_notellm(loaded, items), encode_notellm(model, items), atol=1e-5)
