@@ -1,8 +1,9 @@
 """NoteLLM training: GCL + CSFT over co-occurrence pairs, with checkpoints and resume.
 
 Steps: (1) seed and build the model, (2) order the pairs into batches without repeated notes,
-(3) train with AdamW, clipping, warm-up, optional bf16 and checkpointing, (4) save the model,
-config and report.
+(3) cache the frozen layers' output per (item, prompt variant) when the lower layers are frozen
+(trunk_cache.py), (4) train with AdamW, clipping, warm-up, optional bf16 and checkpointing, (5) fit the
+vectors' center on the training items, (6) save the model, config and report.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ class NoteLLMTrainer:
         self.model.init_projection_pca(self._emb_states(sample).to(self.device))
 
     def fit_center(self, pairs: pd.DataFrame, items: pd.DataFrame) -> None:
-        """Set the model's center to the mean projected vector of the training items (none: no leakage)."""
+        """Set the model's center to the mean projected vector of the training items (only those: no leakage)."""
         if not self.mc.center:
             return
         in_pairs = set(pairs["src"]) | set(pairs["dst"])
