@@ -61,22 +61,27 @@ def test_frozen_layers_do_not_move(tiny_llama_dir, tmp_path):
     assert not torch.equal(before["project.weight"], after["project.weight"])
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_llama_dir, tmp_path):
-    items = make_items(16)
-    pairs = pairs_for(items)
-    tc = TrainConfig(steps=4, batch_pairs=4, checkpoint_every=2, seed=3)
-    straight = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "a")
+def assert_resume_matches(model_config, tc, pairs, items, tmp_path) -> NoteLLMTrainer:
+    """Train straight through, and again interrupted at step 2 then resumed: the weights must agree."""
+    straight = NoteLLMTrainer(model_config, tc, tmp_path / "a")
     straight.train(pairs, items)
 
-    interrupted = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "b")
+    interrupted = NoteLLMTrainer(model_config, tc, tmp_path / "b")
     interrupted.train(pairs, items, stop_at=2)
-    resumed = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path / "b")
+    resumed = NoteLLMTrainer(model_config, tc, tmp_path / "b")
     assert resumed.resume() and resumed.step == 2
     resumed.train(pairs, items)
     for (name, a), b in zip(
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-6), name
+    return straight
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_llama_dir, tmp_path):
+    items = make_items(16)
+    tc = TrainConfig(steps=4, batch_pairs=4, checkpoint_every=2, seed=3)
+    assert_resume_matches(config(tiny_llama_dir), tc, pairs_for(items), items, tmp_path)
 
 
 def test_save_load_embed_round_trip(tiny_llama_dir, tmp_path):

@@ -10,7 +10,7 @@ from llmrec.training.notellm.prompts import collate
 from llmrec.training.notellm.trainer import NoteLLMTrainer
 from llmrec.training.notellm.trunk_cache import TrunkCache
 from tests.conftest import make_items
-from tests.training.notellm.test_notellm_tiny import pairs_for
+from tests.training.notellm.test_notellm_tiny import assert_resume_matches, pairs_for
 
 
 def _grads(model: NoteLLM, l_cl: torch.Tensor, l_gen: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -59,21 +59,9 @@ def test_the_trainer_caches_when_layers_are_frozen_and_resumes_identically(tiny_
     pairs = pairs_for(items)
     config = NoteLLMConfig(backbone=str(tiny_llama_dir), emb_dim=16, train_layers=1, projection_init="random")
     tc = TrainConfig(steps=4, batch_pairs=4, checkpoint_every=2, seed=3, cache_dtype="float32")
-    straight = NoteLLMTrainer(config, tc, tmp_path / "a")
-    straight.train(pairs, items)
-    assert straight.cache is not None and len(straight.cache.prompts) == len(
-        set(pairs["src"]) | set(pairs["dst"])
-    )
-
-    interrupted = NoteLLMTrainer(config, tc, tmp_path / "b")
-    interrupted.train(pairs, items, stop_at=2)
-    resumed = NoteLLMTrainer(config, tc, tmp_path / "b")
-    assert resumed.resume() and resumed.step == 2
-    resumed.train(pairs, items)
-    for (name, a), b in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.allclose(a, b, atol=1e-6), name
+    straight = assert_resume_matches(config, tc, pairs, items, tmp_path)
+    assert straight.cache is not None
+    assert len(straight.cache.prompts) == len(set(pairs["src"]) | set(pairs["dst"]))
 
 
 def test_center_is_the_mean_training_vector_and_survives_save_and_load(tiny_llama_dir, tmp_path):
