@@ -255,6 +255,8 @@ def train_eaar(
     encoder: Annotated[str | None, typer.Option(help="'minilm' or a BERT-class transformers folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and batch order.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Override the preset's steps.")] = None,
+    reg_weight: Annotated[float | None, typer.Option(help="w_r of EaaR (preset: 0.1).")] = None,
+    history_len: Annotated[int | None, typer.Option(help="History items per user (preset: 10).")] = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Default artifacts/eaar/<teacher>/<strategy>/seed<k>.")
     ] = None,
@@ -274,11 +276,15 @@ def train_eaar(
             preset,
             teacher,
             seed,
-            steps=steps,
-            pooling=pooling,
-            teacher_dim=teacher_dim,
-            encoder=encoder,
             run_dir=run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed),
+            overrides={
+                "steps": steps,
+                "pooling": pooling,
+                "teacher_dim": teacher_dim,
+                "encoder": encoder,
+                "reg_weight": reg_weight,
+                "history_len": history_len,
+            },
         )
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
@@ -315,6 +321,37 @@ def eval_eaar(
             _eaar_dir,
             artifacts_dir() / "eaar" / "summary.json",
         )
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+
+
+@eval_app.command("eaar-sweep")
+def eval_eaar_sweep(
+    seeds: Annotated[int, typer.Option(help="Seeds per setting (mean and spread).")] = 3,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated setting names to run (default: the whole sweep).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Preset the settings change.")] = "cpu",
+    items: ItemsOpt = None,
+    interactions: InterOpt = None,
+    test_fraction: TestFracOpt = 0.1,
+) -> None:
+    """Where does the LLM teacher help? w_r, pooling, steps, history and teacher against the matching base."""
+    from llmrec.training.eaar.runs import EAAR_SWEEP, baseline_of, sweep_settings
+
+    settings = list(EAAR_SWEEP)
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in settings})
+        if unknown:
+            raise _fail(ValueError(f"unknown settings {unknown}; the sweep has {[s.name for s in settings]}"))
+        bases = {b.name for s in settings if s.name in wanted and (b := baseline_of(s, settings))}
+        keep = set(wanted) | bases  # the chosen rows and the base rows they are judged against
+        settings = [s for s in settings if s.name in keep]
+    data, _, split = _load(items, interactions, test_fraction)
+    root = artifacts_dir() / "eaar" / "sweep"
+    try:
+        sweep_settings(data, split, settings, seeds, preset, root, root / "summary.json")
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
 

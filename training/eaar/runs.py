@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,25 +28,24 @@ def run_one(
     teacher: str,
     seed: int,
     run_dir: Path,
-    steps: int | None = None,
-    pooling: str | None = None,
-    teacher_dim: int | None = None,
-    encoder: str | None = None,
+    overrides: dict | None = None,
 ) -> dict:
+    """Train and evaluate one ranker: the preset, with `overrides` (RankerConfig or RankerTrainConfig
+    field -> value, e.g. {"reg_weight": 0.3, "steps": 600}) applied on top."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     mc, tc = get_preset(preset)
     mc.strategy, mc.teacher, tc.seed = strategy, teacher, seed
-    if pooling is not None:
-        if pooling not in ("additive", "dot"):
-            raise ValueError(f"pooling must be 'additive' or 'dot', got {pooling!r}")
-        mc.pooling = pooling
-    if steps is not None:
-        tc.steps = steps
-    if encoder is not None:
-        mc.encoder = encoder
-    if teacher_dim is not None:
-        mc.teacher_dim = teacher_dim
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "pooling" and value not in ("additive", "dot"):
+            raise ValueError(f"pooling must be 'additive' or 'dot', got {value!r}")
+        target = mc if hasattr(mc, key) else tc if hasattr(tc, key) else None
+        if target is None or key in ("strategy", "teacher", "seed"):
+            raise ValueError(f"unknown ranker setting {key!r}")
+        setattr(target, key, value)
+    mc.__post_init__()
     return run(data, split, mc, tc, run_dir)
 
 
@@ -79,10 +79,122 @@ def sweep(
         row = {"strategy": strategy, "teacher": teacher or "-", "seeds": len(reports)}
         for m in METRICS:
             vals = np.array([r[m] for r in reports])
-            row[m] = f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f}"
+            row[m] = f"{vals.mean():.4f} ± {_sd(vals):.4f}"
         row["wall s/run"] = f"{np.mean([r['wall_s'] for r in reports]):.0f}"
         rows.append(row)
     print(table(rows))
     write_json(out, {"rows": rows, **provenance(started)})
     print(f"summary: {out}")
     return rows
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the teacher-helps sweep: a strategy, its teacher and what differs from the preset."""
+
+    name: str
+    strategy: str = "eaar"
+    teacher: str | None = "notellm"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def shared(self) -> dict:
+        """The overrides that are not about the teacher: a base row with exactly these is this row's baseline."""
+        return {k: v for k, v in self.overrides.items() if k not in TEACHER_KNOBS}
+
+
+def baseline_of(setting: Setting, settings: list[Setting]) -> Setting | None:
+    """The base row `setting` is judged against: a base with the same non-teacher overrides."""
+    for s in settings:
+        if s.strategy == "base" and s.overrides == setting.shared:
+            return s
+    return None
+
+
+TEACHER_KNOBS = ("reg_weight", "pretrain_steps")  # settings that only matter with a teacher
+
+# Issue 11's question: is there a setting where the LLM teacher helps? w_r, the pooling form, more steps on
+# the cached encoder, a longer history, and the teacher (NoteLLM vs all-mpnet-base-v2). Each non-base row has
+# a base row with the same non-teacher settings.
+EAAR_SWEEP: tuple[Setting, ...] = (
+    Setting("base", "base", None),
+    *(Setting(f"eaar w_r={w}", overrides={"reg_weight": w}) for w in (0.01, 0.1, 0.3, 1.0)),
+    Setting("eaar w_r=0.3 mpnet", teacher="mpnet", overrides={"reg_weight": 0.3}),
+    Setting("eaaf", "eaaf"),
+    Setting("base pooling=dot", "base", None, {"pooling": "dot"}),
+    Setting("eaar w_r=0.3 pooling=dot", overrides={"reg_weight": 0.3, "pooling": "dot"}),
+    Setting("base steps=600", "base", None, {"steps": 600}),
+    Setting("eaar w_r=0.3 steps=600", overrides={"reg_weight": 0.3, "steps": 600}),
+    Setting("base history_len=30", "base", None, {"history_len": 30}),
+    Setting("eaar w_r=0.3 history_len=30", overrides={"reg_weight": 0.3, "history_len": 30}),
+)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._=-" else "_" for c in name)
+
+
+def sweep_settings(
+    data: RecData,
+    split: Split,
+    settings: list[Setting],
+    seeds: int,
+    preset: str,
+    root: Path,
+    out: Path,
+) -> list[dict]:
+    """Every setting x seed (runs already in `root` are reused), then a table of mean ± sd per setting with
+    its AUC difference to the matching base row, in standard deviations of that base."""
+    started = time.time()
+    if len({s.name for s in settings}) != len(settings):
+        raise ValueError("setting names must be unique")
+    orphans = [s.name for s in settings if s.strategy != "base" and baseline_of(s, settings) is None]
+    if orphans:
+        raise ValueError(f"settings {orphans} have no base row with the same non-teacher settings")
+    results: dict[str, list[dict]] = {}
+    total = len(settings) * seeds
+    done = 0
+    for setting in settings:
+        results[setting.name] = []
+        for seed in range(seeds):
+            path = root / _slug(setting.name) / f"seed{seed}" / "report.json"
+            done += 1
+            if not path.is_file():
+                print(f"[{done}/{total}] {setting.name} seed {seed} ...", flush=True)
+                report = run_one(
+                    data,
+                    split,
+                    setting.strategy,
+                    preset,
+                    setting.teacher or "notellm",
+                    seed,
+                    path.parent,
+                    setting.overrides,
+                )
+                print(f"[{done}/{total}] {setting.name} seed {seed}: AUC {report['AUC']:.4f}", flush=True)
+            results[setting.name].append(json.loads(path.read_text()))
+    rows = []
+    for setting in settings:
+        auc = np.array([r["AUC"] for r in results[setting.name]])
+        row = {"setting": setting.name, "teacher": setting.teacher or "-", "seeds": len(auc)}
+        for m in METRICS:
+            vals = np.array([r[m] for r in results[setting.name]])
+            row[m] = f"{vals.mean():.4f} ± {_sd(vals):.4f}"
+        if setting.strategy == "base":
+            row["AUC - base"] = "-"
+            row["in base sd"] = "-"
+        else:
+            base = np.array([r["AUC"] for r in results[baseline_of(setting, settings).name]])
+            diff = auc.mean() - base.mean()
+            row["AUC - base"] = f"{diff:+.4f}"
+            row["in base sd"] = f"{diff / _sd(base):+.1f}" if _sd(base) > 0 else "-"
+        row["wall s/run"] = f"{np.mean([r['wall_s'] for r in results[setting.name]]):.0f}"
+        rows.append(row)
+    print(table(rows))
+    write_json(out, {"rows": rows, **provenance(started)})
+    print(f"summary: {out}")
+    return rows
+
+
+def _sd(vals: np.ndarray) -> float:
+    return float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
