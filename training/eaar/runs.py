@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrec.runs import provenance, table, write_json
-from llmrec.training.eaar.model import STRATEGIES
+from llmrec.runs import provenance, table, to_jsonable, write_json
+from llmrec.training.eaar.model import STRATEGIES, RankerConfig
+from llmrec.training.eaar.presets import RankerTrainConfig
 from llmrec.training.eaar.presets import preset as get_preset
+from llmrec.training.eaar.teachers import teacher_file
 from llmrec.training.eaar.trainer import run
 from llmrec.training.schema import RecData
 from llmrec.training.split import Split
@@ -20,18 +22,11 @@ from llmrec.training.split import Split
 METRICS = ("AUC", "MRR", "nDCG@5", "nDCG@10")
 
 
-def run_one(
-    data: RecData,
-    split: Split,
-    strategy: str,
-    preset: str,
-    teacher: str,
-    seed: int,
-    run_dir: Path,
-    overrides: dict | None = None,
-) -> dict:
-    """Train and evaluate one ranker: the preset, with `overrides` (RankerConfig or RankerTrainConfig
-    field -> value, e.g. {"reg_weight": 0.3, "steps": 600}) applied on top."""
+def configure(
+    strategy: str, preset: str, teacher: str, seed: int, overrides: dict | None = None
+) -> tuple[RankerConfig, RankerTrainConfig]:
+    """The preset, with `overrides` (RankerConfig or RankerTrainConfig field -> value, e.g.
+    {"reg_weight": 0.3, "steps": 600}; None values are left out) applied on top."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     mc, tc = get_preset(preset)
@@ -46,7 +41,40 @@ def run_one(
             raise ValueError(f"unknown ranker setting {key!r}")
         setattr(target, key, value)
     mc.__post_init__()
+    return mc, tc
+
+
+def run_one(
+    data: RecData,
+    split: Split,
+    strategy: str,
+    preset: str,
+    teacher: str,
+    seed: int,
+    run_dir: Path,
+    overrides: dict | None = None,
+) -> dict:
+    """Train and evaluate one ranker (`configure` says what `overrides` may hold)."""
+    mc, tc = configure(strategy, preset, teacher, seed, overrides)
     return run(data, split, mc, tc, run_dir)
+
+
+def rerun_reason(run_dir: Path, mc: RankerConfig, tc: RankerTrainConfig) -> str | None:
+    """Why the run in `run_dir` cannot stand for (mc, tc), or None when it can be reused."""
+    report = run_dir / "report.json"
+    if not report.is_file():
+        return "not run yet"
+    config = run_dir / "config.json"
+    saved = json.loads(config.read_text()) if config.is_file() else {}
+    if mc.teacher_dim is None and "model" in saved:
+        saved["model"]["teacher_dim"] = None  # a run fills it in from the teacher file
+    if saved != to_jsonable({"model": mc, "train": tc}):
+        return "its settings differ"
+    if mc.uses_teacher:
+        vectors = teacher_file(mc.teacher)
+        if vectors is not None and vectors.stat().st_mtime > report.stat().st_mtime:
+            return f"the teacher vectors {vectors} are newer than it"
+    return None
 
 
 def sweep(
@@ -143,7 +171,8 @@ def sweep_settings(
     root: Path,
     out: Path,
 ) -> list[dict]:
-    """Every setting x seed (runs already in `root` are reused), then a table of mean ± sd per setting with
+    """Every setting x seed (a run already in `root` is reused unless its settings differ or the teacher
+    vectors are newer than it), then a table of mean ± sd per setting with
     its AUC difference to the matching base row, in standard deviations of that base."""
     started = time.time()
     if len({s.name for s in settings}) != len(settings):
@@ -157,22 +186,17 @@ def sweep_settings(
     for setting in settings:
         results[setting.name] = []
         for seed in range(seeds):
-            path = root / _slug(setting.name) / f"seed{seed}" / "report.json"
+            run_dir = root / _slug(setting.name) / f"seed{seed}"
+            mc, tc = configure(
+                setting.strategy, preset, setting.teacher or "notellm", seed, setting.overrides
+            )
             done += 1
-            if not path.is_file():
-                print(f"[{done}/{total}] {setting.name} seed {seed} ...", flush=True)
-                report = run_one(
-                    data,
-                    split,
-                    setting.strategy,
-                    preset,
-                    setting.teacher or "notellm",
-                    seed,
-                    path.parent,
-                    setting.overrides,
-                )
+            reason = rerun_reason(run_dir, mc, tc)
+            if reason is not None:
+                print(f"[{done}/{total}] {setting.name} seed {seed} ({reason}) ...", flush=True)
+                report = run(data, split, mc, tc, run_dir)
                 print(f"[{done}/{total}] {setting.name} seed {seed}: AUC {report['AUC']:.4f}", flush=True)
-            results[setting.name].append(json.loads(path.read_text()))
+            results[setting.name].append(json.loads((run_dir / "report.json").read_text()))
     rows = []
     for setting in settings:
         auc = np.array([r["AUC"] for r in results[setting.name]])

@@ -24,16 +24,20 @@ NOTELLM = "notellm"  # artifacts/notellm/item_vectors.npy, written by `llmrec em
 MPNET = "mpnet"  # all-mpnet-base-v2 mean-pooled text embeddings
 
 
+def teacher_file(spec: str) -> Path | None:
+    """The vector file a teacher spec reads (None for mpnet, computed here from the text)."""
+    if spec == NOTELLM:
+        return artifacts_dir() / "notellm" / "item_vectors.npy"
+    return None if spec == MPNET else Path(spec)
+
+
 def load_teacher(spec: str, items: pd.DataFrame, expected_dim: int | None = None) -> torch.Tensor:
     """(N, U) L2-normalised teacher vectors in `items` order."""
-    if spec == NOTELLM:
-        path = artifacts_dir() / "notellm" / "item_vectors.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"NoteLLM teacher vectors {path} do not exist; run `llmrec embed` first")
-    elif spec == MPNET:
+    path = teacher_file(spec)
+    if spec == NOTELLM and not path.is_file():
+        raise FileNotFoundError(f"NoteLLM teacher vectors {path} do not exist; run `llmrec embed` first")
+    if path is None:
         path = _mpnet_vectors(items)
-    else:
-        path = Path(spec)
     ids, vectors = load_vectors(path)
     row = {item_id: i for i, item_id in enumerate(ids)}
     missing = [i for i in items["item_id"] if i not in row]

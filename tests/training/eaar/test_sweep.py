@@ -1,6 +1,7 @@
 """The teacher-helps sweep: every row is judged against the base row with the same non-teacher settings."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -61,7 +62,22 @@ def test_sweep_table_and_reuse(tmp_path, tiny_bert_dir, tiny_data, capsys):
 
     capsys.readouterr()
     again = sweep_settings(data, split, settings, 2, "tiny", tmp_path / "runs", tmp_path / "summary.json")
-    assert again == rows and "seed 0 ..." not in capsys.readouterr().out  # finished runs are reused
+    assert again == rows and "seed 0 (" not in capsys.readouterr().out  # finished runs are reused
+
+    # New teacher vectors make the teacher rows stale, not the base rows.
+    later = (tmp_path / "runs" / "base" / "seed0" / "report.json").stat().st_mtime + 10
+    os.utime(teacher, (later, later))
+    sweep_settings(data, split, settings[:2], 1, "tiny", tmp_path / "runs", tmp_path / "summary.json")
+    out = capsys.readouterr().out
+    assert "eaar w_r=0.5 seed 0 (the teacher vectors" in out and "base seed 0 (" not in out
+
+    # A run made with other settings is not reused for this one.
+    settings[0] = Setting("base", "base", None, {**enc, "negatives": 2})
+    settings[1] = Setting(
+        "eaar w_r=0.5", teacher=teacher, overrides={**enc, "reg_weight": 0.5, "negatives": 2}
+    )
+    sweep_settings(data, split, settings[:2], 1, "tiny", tmp_path / "runs", tmp_path / "summary.json")
+    assert "base seed 0 (its settings differ)" in capsys.readouterr().out
 
 
 def test_sweep_refuses_a_row_without_its_base(tmp_path, tiny_data):
