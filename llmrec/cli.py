@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -325,6 +326,16 @@ def eval_eaar(
         raise _fail(e) from None
 
 
+def _data_key(items: Path | None, interactions: Path | None, test_fraction: float) -> str:
+    """A folder name per dataset and split, so that runs on other data are never reused for this one."""
+    if items is None or interactions is None:
+        name = "ml-100k"
+    else:
+        files = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (items, interactions)]
+        name = f"{interactions.stem}-{hashlib.sha1(repr(files).encode()).hexdigest()[:8]}"
+    return name if test_fraction == 0.1 else f"{name}-test{test_fraction:g}"
+
+
 @eval_app.command("eaar-sweep")
 def eval_eaar_sweep(
     seeds: Annotated[int, typer.Option(help="Seeds per setting (mean and spread).")] = 3,
@@ -349,7 +360,7 @@ def eval_eaar_sweep(
         keep = set(wanted) | bases  # the chosen rows and the base rows they are judged against
         settings = [s for s in settings if s.name in keep]
     data, _, split = _load(items, interactions, test_fraction)
-    root = artifacts_dir() / "eaar" / "sweep"
+    root = artifacts_dir() / "eaar" / "sweep" / _data_key(items, interactions, test_fraction)
     try:
         sweep_settings(data, split, settings, seeds, preset, root, root / "summary.json")
     except (FileNotFoundError, ValueError) as e:
