@@ -146,7 +146,8 @@ TEACHER_KNOBS = ("reg_weight", "pretrain_steps")  # settings that only matter wi
 # a base row with the same non-teacher settings.
 EAAR_SWEEP: tuple[Setting, ...] = (
     Setting("base", "base", None),
-    *(Setting(f"eaar w_r={w}", overrides={"reg_weight": w}) for w in (0.01, 0.1, 0.3, 1.0)),
+    # w_r = 0: EaaR's item vector [W_c e_0, pooled] with no teacher at all; what the architecture alone costs
+    *(Setting(f"eaar w_r={w}", overrides={"reg_weight": w}) for w in (0.0, 0.01, 0.1, 0.3, 1.0)),
     Setting("eaar w_r=0.3 mpnet", teacher="mpnet", overrides={"reg_weight": 0.3}),
     Setting("eaaf", "eaaf"),
     Setting("base pooling=dot", "base", None, {"pooling": "dot"}),
