@@ -47,6 +47,24 @@ def make_items(n: int = 12) -> pd.DataFrame:
     )
 
 
+def write_user_files(folder, n_items: int, n_users: int, per_user: int):
+    """make_items(n_items) as items.parquet and a seeded random view log as log.jsonl: a user's own data."""
+    import json
+
+    import numpy as np
+
+    items = make_items(n_items)
+    items.to_parquet(folder / "items.parquet")
+    rng = np.random.default_rng(0)
+    log = [
+        {"user_id": f"u{u}", "item_id": str(rng.integers(0, n_items)), "timestamp": int(t)}
+        for u in range(n_users)
+        for t in rng.integers(0, 10_000, size=per_user)
+    ]
+    (folder / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    return items, folder / "items.parquet", folder / "log.jsonl"
+
+
 @pytest.fixture
 def items() -> pd.DataFrame:
     return make_items()

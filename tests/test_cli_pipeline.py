@@ -8,21 +8,13 @@ from typer.testing import CliRunner
 
 from llmrec.cli import app
 from llmrec.training.embed_io import load_vectors
-from tests.conftest import make_items
+from tests.conftest import write_user_files
 
 runner = CliRunner()
 
 
 def test_train_eval_embed_on_user_files(tmp_path, tiny_llama_dir):
-    items = make_items(40)
-    items.to_parquet(tmp_path / "items.parquet")
-    rng = np.random.default_rng(0)
-    log = [
-        {"user_id": f"u{u}", "item_id": str(rng.integers(0, 40)), "timestamp": int(t)}
-        for u in range(60)
-        for t in rng.integers(0, 10_000, size=12)
-    ]
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    items, _, _ = write_user_files(tmp_path, n_items=40, n_users=60, per_user=12)
     data = ["--items", str(tmp_path / "items.parquet"), "--interactions", str(tmp_path / "log.jsonl")]
     run = ["--run-dir", str(tmp_path / "run")]
 
@@ -83,15 +75,8 @@ def test_vector_file_errors(tmp_path):
 def test_train_eaar_on_user_files_with_a_teacher_file(tmp_path, tiny_bert_dir):
     from llmrec.training.embed_io import save_vectors
 
-    items = make_items(30)
-    items.to_parquet(tmp_path / "items.parquet")
-    rng = np.random.default_rng(0)
-    log = [
-        {"user_id": f"u{u}", "item_id": str(rng.integers(0, 30)), "timestamp": int(t)}
-        for u in range(20)
-        for t in rng.integers(0, 10_000, size=8)
-    ]
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    items, _, _ = write_user_files(tmp_path, n_items=30, n_users=20, per_user=8)
+    rng = np.random.default_rng(1)
     teacher = save_vectors(
         tmp_path / "teacher.npy", items["item_id"].tolist(), rng.normal(size=(30, 6)).astype("float32")
     )

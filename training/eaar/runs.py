@@ -104,16 +104,14 @@ def sweep(
                 print(f"training {strategy} (teacher {teacher}) seed {seed} ...", flush=True)
                 run_one(data, split, strategy, preset, teacher or "notellm", seed, path.parent)
             reports.append(json.loads(path.read_text()))
-        row = {"strategy": strategy, "teacher": teacher or "-", "seeds": len(reports)}
-        for m in METRICS:
-            vals = np.array([r[m] for r in reports])
-            row[m] = f"{vals.mean():.4f} ± {_sd(vals):.4f}"
-        row["wall s/run"] = f"{np.mean([r['wall_s'] for r in reports]):.0f}"
-        rows.append(row)
-    print(table(rows))
-    write_json(out, {"rows": rows, **provenance(started)})
-    print(f"summary: {out}")
-    return rows
+        row = {
+            "strategy": strategy,
+            "teacher": teacher or "-",
+            "seeds": len(reports),
+            **_metric_cells(reports),
+        }
+        rows.append(row | {"wall s/run": _wall_cell(reports)})
+    return _report(rows, out, started)
 
 
 @dataclass(frozen=True)
@@ -202,9 +200,7 @@ def sweep_settings(
     for setting in settings:
         auc = np.array([r["AUC"] for r in results[setting.name]])
         row = {"setting": setting.name, "teacher": setting.teacher or "-", "seeds": len(auc)}
-        for m in METRICS:
-            vals = np.array([r[m] for r in results[setting.name]])
-            row[m] = f"{vals.mean():.4f} ± {_sd(vals):.4f}"
+        row |= _metric_cells(results[setting.name])
         if setting.strategy == "base":
             row["AUC - base"] = "-"
             row["in base sd"] = "-"
@@ -213,13 +209,29 @@ def sweep_settings(
             diff = auc.mean() - base.mean()
             row["AUC - base"] = f"{diff:+.4f}"
             row["in base sd"] = f"{diff / _sd(base):+.1f}" if _sd(base) > 0 else "-"
-        row["wall s/run"] = f"{np.mean([r['wall_s'] for r in results[setting.name]]):.0f}"
-        rows.append(row)
-    print(table(rows))
-    write_json(out, {"rows": rows, **provenance(started)})
-    print(f"summary: {out}")
-    return rows
+        rows.append(row | {"wall s/run": _wall_cell(results[setting.name])})
+    return _report(rows, out, started)
 
 
 def _sd(vals: np.ndarray) -> float:
     return float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _metric_cells(reports: list[dict]) -> dict[str, str]:
+    """'mean ± sd' over the seeds' reports, per metric."""
+    cells = {}
+    for m in METRICS:
+        vals = np.array([r[m] for r in reports])
+        cells[m] = f"{vals.mean():.4f} ± {_sd(vals):.4f}"
+    return cells
+
+
+def _wall_cell(reports: list[dict]) -> str:
+    return f"{np.mean([r['wall_s'] for r in reports]):.0f}"
+
+
+def _report(rows: list[dict], out: Path, started: float) -> list[dict]:
+    print(table(rows))
+    write_json(out, {"rows": rows, **provenance(started)})
+    print(f"summary: {out}")
+    return rows

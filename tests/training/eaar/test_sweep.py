@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llmrec.training.eaar.runs import EAAR_SWEEP, Setting, baseline_of, run_one, sweep_settings
-from tests.conftest import make_items
+from tests.conftest import write_user_files
 
 
 def test_every_sweep_row_has_its_base_row():
@@ -27,16 +27,9 @@ def tiny_data(tmp_path):
     from llmrec.training.embed_io import save_vectors
     from llmrec.training.split import SplitConfig, time_split
 
-    items = make_items(30)
-    items.to_parquet(tmp_path / "items.parquet")
-    rng = np.random.default_rng(0)
-    log = [
-        {"user_id": f"u{u}", "item_id": str(rng.integers(0, 30)), "timestamp": int(t)}
-        for u in range(20)
-        for t in rng.integers(0, 10_000, size=8)
-    ]
-    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
-    data = load_user_files(tmp_path / "items.parquet", tmp_path / "log.jsonl")
+    items, items_file, log_file = write_user_files(tmp_path, n_items=30, n_users=20, per_user=8)
+    data = load_user_files(items_file, log_file)
+    rng = np.random.default_rng(1)
     teacher = save_vectors(
         tmp_path / "teacher.npy", items["item_id"].tolist(), rng.normal(size=(30, 6)).astype("float32")
     )
