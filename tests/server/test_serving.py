@@ -179,7 +179,14 @@ def test_a_bad_request_does_not_fail_the_others_in_its_batch(served):
     assert failed == list(range(0, 24, 4))
     assert all(isinstance(results[i], ServingError) and "is empty" in str(results[i]) for i in failed)
     assert all(results[i].shape == (1, 16) for i in range(24) if i % 4)
-    split = metrics.server_split(before, metrics.scrape(served["server"].metrics_url))
+    # Triton books a request's statistics when it releases the request, which can come after the client has
+    # its response: wait (bounded) until all 24 are booked rather than read a half-updated scrape.
+    deadline = time.monotonic() + 10
+    while True:
+        split = metrics.server_split(before, metrics.scrape(served["server"].metrics_url))
+        if split["embed"]["requests"] >= 24 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     # Triton counts all 24 but books errors returned by a python model as successes; the models count them
     # themselves (llmrec_request_errors_total), which the split adds to Triton's failures.
     assert split["embed"]["requests"] == 24
