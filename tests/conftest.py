@@ -70,13 +70,11 @@ def items() -> pd.DataFrame:
     return make_items()
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory):
-    """A 2-layer, 64-wide LLaMA with random weights and a byte-level BPE tokenizer trained on the spot."""
+def _tiny_bpe_tokenizer(folder):
+    """A byte-level BPE tokenizer trained on the spot on item records and the NoteLLM prompt words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny_llama")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -92,6 +90,16 @@ def tiny_llama_dir(tmp_path_factory):
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer, 64-wide LLaMA with random weights and a byte-level BPE tokenizer trained on the spot."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    fast = _tiny_bpe_tokenizer(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(fast),
@@ -107,6 +115,35 @@ def tiny_llama_dir(tmp_path_factory):
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory):
+    """A 3-layer Gemma 3 with random weights: sliding, full, sliding attention, each kind with its own rotary
+    base, and a window shorter than the prompts, so a layer run as the wrong kind gives other states."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = tmp_path_factory.mktemp("tiny_gemma")
+    fast = _tiny_bpe_tokenizer(folder)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        sliding_window=8,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    Gemma3ForCausalLM(config).save_pretrained(folder)
     return folder
 
 

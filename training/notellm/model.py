@@ -17,6 +17,11 @@ from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss, generation_loss
 from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 
+# Decoder-only families whose HF models have the layout NoteLLM uses: model.embed_tokens, model.layers, model.norm,
+# lm_head. Gemma's embedding scale lives inside embed_tokens, so cached trunk states fed back as inputs_embeds
+# are not scaled twice.
+CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+
 
 @dataclass
 class NoteLLMConfig:
@@ -53,9 +58,9 @@ def load_causal_lm(config: NoteLLMConfig):
     folder = resolve_causal_lm(config.backbone)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if getattr(lm.config, "model_type", "") not in ("llama", "mistral", "qwen2", "qwen3"):
+    if getattr(lm.config, "model_type", "") not in CAUSAL_LM_TYPES:
         raise ValueError(
-            f"{config.backbone}: NoteLLM needs a LLaMA-family causal LM, got {lm.config.model_type!r}"
+            f"{config.backbone}: NoteLLM needs a LLaMA, Mistral, Qwen or Gemma causal LM, got {lm.config.model_type!r}"
         )
     if config.keep_layers is not None:
         total = len(lm.model.layers)
@@ -119,7 +124,9 @@ class NoteLLM(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer states after the final norm, (B, T, H)."""
-        return self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.lm.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
 
     # --- the frozen trunk and the trained top (trunk caching) ----------------------------------
     @property
@@ -130,28 +137,40 @@ class NoteLLM(nn.Module):
         return len(self.lm.model.layers) - self.config.train_layers
 
     @contextmanager
-    def _only(self, layers: nn.ModuleList, norm: nn.Module) -> Iterator[nn.Module]:
-        """The decoder running just `layers` then `norm`; rotary positions and the causal mask stay its own."""
+    def _only(self, part: slice, norm: nn.Module) -> Iterator[nn.Module]:
+        """The decoder running just layers[part] then `norm`; rotary positions and causal masks stay its own.
+
+        Decoders that mix attention kinds (Gemma 3: sliding and full, each with its own rotary base; Qwen2)
+        look up each layer's kind in config.layer_types by its index in the running list, so that list is
+        cut the same way.
+        """
         decoder = self.lm.model
-        saved = decoder.layers, decoder.norm
-        decoder.layers, decoder.norm = layers, norm
+        config = decoder.config
+        saved = decoder.layers, decoder.norm, getattr(config, "layer_types", None)
+        decoder.layers, decoder.norm = decoder.layers[part], norm
+        if saved[2] is not None:
+            config.layer_types = saved[2][part]
         try:
             yield decoder
         finally:
-            decoder.layers, decoder.norm = saved
+            decoder.layers, decoder.norm = saved[0], saved[1]
+            if saved[2] is not None:
+                config.layer_types = saved[2]
 
     @torch.no_grad()
     def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Output of the embeddings and the frozen layers, (B, T, H): what the trunk cache stores."""
-        layers = self.lm.model.layers
-        with self._only(layers[: self.n_frozen], nn.Identity()) as decoder:
-            return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with self._only(slice(0, self.n_frozen), nn.Identity()) as decoder:
+            return decoder(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
 
     def top_states(self, trunk: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The trained top layers and the final norm over trunk states; equals hidden_states() end to end."""
-        layers = self.lm.model.layers
-        with self._only(layers[self.n_frozen :], self.lm.model.norm) as decoder:
-            return decoder(inputs_embeds=trunk, attention_mask=attention_mask).last_hidden_state
+        with self._only(slice(self.n_frozen, None), self.lm.model.norm) as decoder:
+            return decoder(
+                inputs_embeds=trunk, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
 
     def note_vectors(self, hidden: torch.Tensor, emb_index: torch.Tensor) -> torch.Tensor:
         """L2-normalised note vectors (B, d) from the states at (or just before) [EMB], less the fitted center."""

@@ -1,7 +1,9 @@
 """Trunk caching gives the losses and gradients of the full forward pass, and trains and resumes the same way."""
 
+import json
 import random
 
+import pytest
 import torch
 
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
@@ -13,15 +15,25 @@ from tests.conftest import make_items
 from tests.training.notellm.test_notellm_tiny import assert_resume_matches, pairs_for
 
 
+def _layers(folder) -> list[str]:
+    """Each decoder layer's attention kind (plain LLaMA: all full)."""
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("layer_types") or ["full_attention"] * config["num_hidden_layers"]
+
+
 def _grads(model: NoteLLM, l_cl: torch.Tensor, l_gen: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     (l_cl + l_gen).backward()
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def test_cached_and_uncached_losses_and_gradients_agree(tiny_llama_dir):
+@pytest.mark.parametrize("backbone", ["tiny_llama_dir", "tiny_gemma_dir"])
+def test_cached_and_uncached_losses_and_gradients_agree(backbone, request):
+    """Gemma 3 mixes sliding and full attention with two rotary bases: the trained top (layers 1-2) must run
+    each layer as its own kind, not as the kind of its index in the cut list."""
     torch.manual_seed(0)
-    model = NoteLLM(NoteLLMConfig(backbone=str(tiny_llama_dir), emb_dim=16, train_layers=1))
+    folder = request.getfixturevalue(backbone)
+    model = NoteLLM(NoteLLMConfig(backbone=str(folder), emb_dim=16, train_layers=len(_layers(folder)) - 1))
     assert model.n_frozen == 1
     items = make_items(12).to_dict("records")
     cache = TrunkCache(model, items, tag_variants=2, seed=0, dtype=torch.float32, batch_size=5)
@@ -39,6 +51,8 @@ def test_cached_and_uncached_losses_and_gradients_agree(tiny_llama_dir):
         assert torch.allclose(a, b, atol=1e-5), (a.item(), b.item())
     assert grads_cached.keys() == grads_full.keys()
     assert any(k.startswith("lm.model.layers.1.") for k in grads_cached)  # the trained top is in the check
+    if backbone == "tiny_gemma_dir":
+        assert model.lm.config.layer_types == _layers(folder)  # restored after each partial run
     for name, g in grads_cached.items():
         assert torch.allclose(g, grads_full[name], atol=1e-5, rtol=1e-4), name
 
