@@ -146,6 +146,7 @@ def train_notellm(
         "l_gen_last": last.l_gen,
         "tau_last": last.tau,
         "loss_summary": summary,
+        "bf16_autocast": trainer.bf16,
         "trunk_cache": trainer.cache_report(),
         "model_dir": str(model_dir),
         **provenance(started),
@@ -154,9 +155,10 @@ def train_notellm(
     typer.echo("\nlosses, mean per window of steps (chance for the contrastive loss: log(2B-1)):")
     typer.echo(table(summary["windows"]))
     typer.echo(loss_report.verdict(summary, color=sys.stdout.isatty()))
+    precision = "bf16 autocast" if trainer.bf16 else "fp32"
     typer.echo(
-        f"trained {last.step} steps in {report['wall_s']} s; peak memory {report['peak_rss_mib']:.0f} MiB; "
-        f"model in {model_dir}; loss curves in {plot}"
+        f"trained {last.step} steps in {report['wall_s']} s ({precision}); "
+        f"peak memory {report['peak_rss_mib']:.0f} MiB; model in {model_dir}; loss curves in {plot}"
     )
 
 

@@ -65,6 +65,14 @@ class StepLog:
     pairs_per_s: float
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively here (faster than fp32): CUDA GPUs with bf16, and CPUs with
+    AVX512-BF16 or AMX (oneDNN); elsewhere autocast to bf16 only adds casts."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 class NoteLLMTrainer:
     def __init__(self, model_config: NoteLLMConfig, train_config: TrainConfig, run_dir: Path):
         self.mc, self.tc, self.run_dir = model_config, train_config, run_dir
@@ -76,6 +84,7 @@ class NoteLLMTrainer:
             )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
+        self.bf16 = native_bf16(self.device) if train_config.bf16 is None else train_config.bf16
         head = list(self.model.project.parameters())
         temperature = list(self.model.gcl.parameters())
         new_ids = {id(p) for p in head + temperature}
@@ -182,13 +191,14 @@ class NoteLLMTrainer:
         if self.caches_trunk and self.cache is None:
             started = time.perf_counter()
             in_pairs = set(pairs["src"]) | set(pairs["dst"])
-            self.cache = TrunkCache(
-                self.model,
-                [r for r in by_id.values() if r["item_id"] in in_pairs],
-                tag_variants=self.tc.tag_variants,
-                seed=self.tc.seed,
-                dtype=getattr(torch, self.tc.cache_dtype),
-            )
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                self.cache = TrunkCache(
+                    self.model,
+                    [r for r in by_id.values() if r["item_id"] in in_pairs],
+                    tag_variants=self.tc.tag_variants,
+                    seed=self.tc.seed,
+                    dtype=getattr(torch, self.tc.cache_dtype),
+                )
             self.cache_s = time.perf_counter() - started
             print(
                 f"trunk cache: {len(self.cache.states)} prompts of {len(in_pairs)} items through "
@@ -208,7 +218,7 @@ class NoteLLMTrainer:
             batch = self._batch(self._choose(order[self.step], by_id, prompt_rng))
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * self.lr_scale(self.step, len(order))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 l_cl, l_gen = self.model.losses(batch)
                 loss = combine(l_cl, l_gen, self.mc.alpha)
             if not torch.isfinite(loss):
