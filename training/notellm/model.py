@@ -193,8 +193,13 @@ class NoteLLM(nn.Module):
             hidden = self.top_states(batch["trunk"], batch["attention_mask"])
         else:
             hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
-        l_cl = self.gcl(self.note_vectors(hidden, batch["emb_index"]))
-        return l_cl, generation_loss(hidden, batch["labels"], self.lm.lm_head)
+        # The head and both losses in fp32 even under bf16 autocast: bf16 cosines (8 bits of mantissa) times the
+        # GCL scale of about 20 put noise of the size of the positive margin into every logit; with them in bf16
+        # the contrastive loss barely left chance on the cpu preset.
+        with torch.autocast(hidden.device.type, enabled=False):
+            hidden = hidden.float()
+            l_cl = self.gcl(self.note_vectors(hidden, batch["emb_index"]))
+            return l_cl, generation_loss(hidden, batch["labels"], self.lm.lm_head)
 
     @torch.no_grad()
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
