@@ -119,3 +119,32 @@ def test_pca_projection_is_orthonormal_and_blind_to_the_mean(tiny_llama_dir):
     assert (w @ (states.double().mean(0))).abs().max() < 1e-3
     v = torch.nn.functional.normalize(model.project(states), dim=1)
     assert (v @ v.T).mean() < 0.2  # spread out, unlike the raw states
+
+
+def test_under_bf16_autocast_the_head_and_losses_stay_fp32(tiny_llama_dir):
+    """bf16 cosines times the GCL scale (about 20) carry noise the size of the positive margin: the head and the
+    losses must run in fp32 while the decoder layers run in bf16."""
+    from llmrec.training.notellm.prompts import collate
+
+    model = NoteLLM(config(tiny_llama_dir))
+    rng = random.Random(0)
+    prompts = [model.prompts.training_prompt(item, rng) for item in make_items(8).to_dict("records")]
+    batch = collate(prompts, model.tokenizer.pad_token_id)
+    seen = {}
+    model.project.register_forward_hook(lambda m, i, o: seen.update(head=o.dtype))
+    model.lm.model.layers[0].mlp.register_forward_hook(lambda m, i, o: seen.update(layer=o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l_cl, l_gen = model.losses(batch)
+    assert seen == {"layer": torch.bfloat16, "head": torch.float32}
+    assert l_cl.dtype == l_gen.dtype == torch.float32
+
+
+def test_bf16_defaults_to_what_the_hardware_multiplies_natively(tiny_llama_dir, tmp_path):
+    from llmrec.training.notellm.trainer import native_bf16
+
+    auto = NoteLLMTrainer(config(tiny_llama_dir), TrainConfig(steps=1, batch_pairs=2), tmp_path / "a")
+    assert auto.bf16 == native_bf16(torch.device("cpu"))
+    off = NoteLLMTrainer(
+        config(tiny_llama_dir), TrainConfig(steps=1, batch_pairs=2, bf16=False), tmp_path / "b"
+    )
+    assert off.bf16 is False
