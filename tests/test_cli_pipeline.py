@@ -29,7 +29,14 @@ def test_train_eval_embed_on_user_files(tmp_path, tiny_llama_dir):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
     rows = report["rows"]
-    assert [r["model"].split()[0] for r in rows] == ["popularity", "all-MiniLM-L6-v2", "SmolLM2", "NoteLLM"]
+    assert [r["model"].split()[0] for r in rows] == [
+        "popularity",
+        "all-MiniLM-L6-v2",
+        tiny_llama_dir.name,
+        "NoteLLM",
+    ]
+    assert rows[2]["model"] == f"{tiny_llama_dir.name} 2L zero-shot"
+    assert rows[3]["model"] == f"NoteLLM ({tiny_llama_dir.name} 2L, trained)"
     assert all(0 <= r["R@10"] <= 100 for r in rows)
     assert report["category_generation"] is True
     assert [r["model"] for r in report["by_exposure"]] == [r["model"] for r in rows]

@@ -34,6 +34,11 @@ def resolve_causal_lm(spec: str) -> Path:
     return path
 
 
+def backbone_name(spec: str) -> str:
+    """A short name for tables: "SmolLM2-135M" for the default, else the file's or folder's name."""
+    return "SmolLM2-135M" if spec == SMOLLM2 else Path(spec).stem
+
+
 def _gguf_to_folder(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]

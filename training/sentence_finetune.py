@@ -26,13 +26,16 @@ def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
 
+MINILM_BATCH_PAIRS = 32
+
+
 def finetune_sentence_model(
     items: pd.DataFrame,
     pairs: pd.DataFrame,
     encoder: str = MINILM,
     train_layers: int = 2,
     steps: int = 200,
-    batch_pairs: int = 32,
+    batch_pairs: int = MINILM_BATCH_PAIRS,
     lr: float = 5e-5,
     seed: int = 0,
     max_tokens: int = 64,
@@ -52,7 +55,10 @@ def finetune_sentence_model(
     pair_list = list(zip(pairs["src"], pairs["dst"], strict=True))
     order: list = []
     while len(order) < steps:
-        order += batches_without_repeats(pair_list, batch_pairs, rng)
+        epoch = batches_without_repeats(pair_list, batch_pairs, rng)
+        if not epoch:
+            raise ValueError(f"{len(pair_list)} training pairs cannot fill one batch of {batch_pairs} pairs")
+        order += epoch
     enc.train()
     for batch in tqdm(order[:steps], desc="minilm gcl", unit="step", dynamic_ncols=True):
         rows = torch.tensor([row[a] for a, _ in batch] + [row[b] for _, b in batch])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import typer
 
 from llmrec.runs import provenance, table, write_json
+from llmrec.training.backbones import backbone_name
 from llmrec.training.embed_io import load_vectors
 from llmrec.training.encoders import encode_notellm, encode_sentence_model, generate_categories
 from llmrec.training.i2i_eval import (
@@ -84,16 +86,21 @@ def evaluate_notellm(
     )
     # 1. The SentenceBERT analogue.
     add("all-MiniLM-L6-v2 zero-shot", encode_sentence_model(data.items))
-    if minilm_finetuned:  # 1b. ... fine-tuned with GCL on the same training pairs
-        from llmrec.training.sentence_finetune import finetune_sentence_model
+    if minilm_finetuned:  # 1b. ... fine-tuned with GCL on the same training pairs, as many as NoteLLM saw
+        from llmrec.training.sentence_finetune import MINILM_BATCH_PAIRS, finetune_sentence_model
 
+        steps = math.ceil(
+            _pairs_seen(json.loads(config_path.read_text())["train"], split) / MINILM_BATCH_PAIRS
+        )
         add(
-            "all-MiniLM-L6-v2 + GCL on the same pairs", finetune_sentence_model(data.items, split.train_pairs)
+            f"all-MiniLM-L6-v2 + GCL on the same pairs ({steps} x {MINILM_BATCH_PAIRS})",
+            finetune_sentence_model(data.items, split.train_pairs, steps=steps),
         )
     # 2. The backbone as NoteLLM trains it (same layers kept), untrained, raw hidden state.
     zero = NoteLLM(trained_config)
     layers = len(zero.lm.model.layers)
-    add(f"SmolLM2 {layers}L zero-shot", encode_notellm(zero, data.items, project=False), categories(zero))
+    backbone = backbone_name(trained_config.backbone)
+    add(f"{backbone} {layers}L zero-shot", encode_notellm(zero, data.items, project=False), categories(zero))
     del zero
     # 3. Optionally the whole backbone, untruncated.
     if full_backbone and trained_config.keep_layers is not None:
@@ -103,12 +110,17 @@ def evaluate_notellm(
             )
         )
         add(
-            f"SmolLM2 {len(full.lm.model.layers)}L zero-shot", encode_notellm(full, data.items, project=False)
+            f"{backbone} {len(full.lm.model.layers)}L zero-shot",
+            encode_notellm(full, data.items, project=False),
         )
         del full
     # 4. The trained model.
     model = NoteLLM.load(run_dir / "model")
-    add(f"NoteLLM ({layers}L, trained)", _saved_or_encoded(model, run_dir, data.items), categories(model))
+    add(
+        f"NoteLLM ({backbone} {layers}L, trained)",
+        _saved_or_encoded(model, run_dir, data.items),
+        categories(model),
+    )
 
     majority = (
         held_out["category"].value_counts(normalize=True).max() * 100 if len(held_out) else float("nan")
@@ -139,6 +151,13 @@ def evaluate_notellm(
     typer.echo(table(bucket_rows))
     typer.echo(f"report: {run_dir / 'eval' / 'report.json'}")
     return report
+
+
+def _pairs_seen(train: dict, split: Split) -> int:
+    """How many training pairs the NoteLLM run drew: steps x pairs per batch (or its epochs over the pairs)."""
+    if train.get("steps") is not None:
+        return int(train["steps"]) * int(train["batch_pairs"])
+    return math.ceil(float(train["epochs"]) * len(split.train_pairs))
 
 
 def _saved_or_encoded(model: NoteLLM, run_dir: Path, items) -> torch.Tensor:
