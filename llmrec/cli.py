@@ -195,7 +195,8 @@ def embed(
     typer.echo(
         f"mean pairwise cosine {sanity['mean_pairwise_cosine']:.3f} (near 1: collapsed); top-10 neighbours "
         f"sharing the item's category {100 * sanity['top10_category_agreement']:.1f}% "
-        f"(random neighbours: {100 * sanity['random10_category_agreement']:.1f}%)"
+        f"(random neighbours: {100 * sanity['random10_category_agreement']:.1f}%); items whose nearest other "
+        f"item is above cosine 0.95: {100 * sanity['near_twin_share_0.95']:.1f}% (tight clumps)"
     )
     if show > 0:
         popular = data.interactions["item_id"].value_counts().index[:show].tolist()

@@ -3,7 +3,10 @@
 - mean pairwise cosine over the catalogue: near 1 means the vectors collapsed toward one direction and
   cosine ranks are decided by small residues;
 - top-k category agreement: the share of each item's k nearest neighbours that share its category (on
-  MovieLens the first genre), next to what k random neighbours give (the category's share of the catalogue).
+  MovieLens the first genre), next to what k random neighbours give (the category's share of the catalogue);
+- near-twin share: the share of items whose nearest other item sits above a cosine of 0.95. A low mean
+  cosine can hide tight clumps (items spread over the sphere in a few dense groups, neighbours within a
+  group tied); this says how much of the catalogue lives in them.
 """
 
 from __future__ import annotations
@@ -43,12 +46,29 @@ def category_agreement(
     return agree, random
 
 
+def near_twin_share(
+    vectors: torch.Tensor, above: float = 0.95, max_queries: int = 5000, seed: int = 0
+) -> float:
+    """Share of items (a seeded sample of at most `max_queries`) whose nearest other item has cosine > `above`."""
+    n = len(vectors)
+    if n < 2:
+        return float("nan")
+    queries = np.arange(n)
+    if n > max_queries:
+        queries = np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    q = torch.from_numpy(queries)
+    vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
+    nearest, _ = cosine_topk(vectors[q], vectors, 1, exclude=q)
+    return float((nearest[:, 0] > above).float().mean())
+
+
 def report(vectors: torch.Tensor, items: pd.DataFrame, k: int = 10) -> dict[str, float]:
     agree, random = category_agreement(vectors, items["category"].tolist(), k)
     return {
         "mean_pairwise_cosine": mean_pairwise_cosine(vectors),
         f"top{k}_category_agreement": agree,
         f"random{k}_category_agreement": random,
+        "near_twin_share_0.95": near_twin_share(vectors),
     }
 
 

@@ -35,3 +35,16 @@ def test_neighbours_name_titles_and_skip_unknown_ids():
     v = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     got = vector_sanity.neighbours(v, items, ["1", "nope"], k=2)
     assert got == [{"item": "A", "neighbours": "B (0.99); C (0.00)"}]
+
+
+def test_near_twin_share_finds_clumps_that_the_mean_cosine_hides():
+    # Four tight pairs at right angles: mean cosine near 0, yet every item has a twin above 0.95.
+    axes = torch.eye(4)
+    clumped = torch.cat([axes, axes + 0.01 * torch.ones(4, 4)])
+    assert abs(vector_sanity.mean_pairwise_cosine(clumped)) < 0.2
+    assert vector_sanity.near_twin_share(clumped) == pytest.approx(1.0)
+    spread = torch.cat([torch.eye(4), -torch.eye(4)])
+    assert vector_sanity.near_twin_share(spread) == 0.0
+    half = torch.cat([axes[:2], axes[:2] * 2, axes[2:], -axes[2:]])  # rows 0-3: two twin pairs; 4-7 alone
+    assert vector_sanity.near_twin_share(half) == pytest.approx(0.5)
+    assert vector_sanity.near_twin_share(half, max_queries=4) in (0.0, 0.25, 0.5, 0.75, 1.0)
