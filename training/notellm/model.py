@@ -40,6 +40,9 @@ class NoteLLMConfig:
     # the paper's): trained note vectors share a large common component (mean pairwise cosine 0.91 over
     # ML-100k), so raw cosines differ only in small residues; centring brings it near 0 with recall unchanged.
     center: bool = True
+    # The new [EMB] input row: "mean" of the pretrained rows (the same for every seed), or "sampled" from
+    # their mean and covariance (transformers' default). The row stays frozen with the embeddings.
+    emb_row_init: Literal["mean", "sampled"] = "sampled"
     tau_init: float = 3.0  # GCL temperature, learnable; the scale is e^tau
     alpha: float = 0.01  # weight of the generation loss: L = (L_cl + alpha L_gen) / (1 + alpha)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -75,7 +78,14 @@ def load_causal_lm(config: NoteLLMConfig):
     if EMB_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
     if lm.get_input_embeddings().num_embeddings < len(tokenizer):
-        lm.resize_token_embeddings(len(tokenizer))  # the new row starts near the mean embedding
+        old = lm.get_input_embeddings().num_embeddings
+        if config.emb_row_init == "mean":
+            lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():  # tied LM heads share this tensor; untied ones keep their own new rows
+                table = lm.get_input_embeddings().weight
+                table[old:] = table[:old].mean(0)
+        else:
+            lm.resize_token_embeddings(len(tokenizer))  # a draw from the embeddings' mean and covariance
     return tokenizer, lm
 
 

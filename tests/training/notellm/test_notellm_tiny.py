@@ -148,3 +148,21 @@ def test_bf16_defaults_to_what_the_hardware_multiplies_natively(tiny_llama_dir, 
         config(tiny_llama_dir), TrainConfig(steps=1, batch_pairs=2, bf16=False), tmp_path / "b"
     )
     assert off.bf16 is False
+
+
+def test_emb_row_init_mean_is_the_mean_pretrained_row_for_every_seed(tiny_llama_dir):
+    rows = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = NoteLLM(config(tiny_llama_dir, emb_row_init="mean"))
+        table = model.lm.get_input_embeddings().weight
+        emb = model.prompts.emb_id
+        assert emb == len(table) - 1
+        assert torch.allclose(table[emb], table[:emb].mean(0))
+        rows.append(table[emb].clone())
+    assert torch.equal(rows[0], rows[1])
+    torch.manual_seed(0)
+    a = NoteLLM(config(tiny_llama_dir)).lm.get_input_embeddings().weight[-1].clone()
+    torch.manual_seed(1)
+    b = NoteLLM(config(tiny_llama_dir)).lm.get_input_embeddings().weight[-1]
+    assert not torch.equal(a, b)  # "sampled" (the default) draws a different row per seed
