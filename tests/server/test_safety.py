@@ -274,7 +274,16 @@ def serve(repo: Path, artifacts: Path) -> tuple[subprocess.Popen, list[int]]:
     command = [sys.executable, "-c", "from llmrec.cli import app; app()", "serve", "--repo", str(repo),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
     env = {**os.environ, "LLMREC_ARTIFACTS": str(artifacts)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    # A shell that starts jobs in the background (nohup, `&`) ignores SIGINT, and children inherit that: give
+    # the server the default disposition so that SIGINT means Ctrl-C here however the tests were launched.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     return process, [http, grpc, metrics]
 
 
