@@ -93,6 +93,20 @@ def _tiny_bpe_tokenizer(folder):
     return fast
 
 
+def _tiny_lm_sizes(tokenizer) -> dict:
+    """What the tiny random decoders share: 64 wide, the tokenizer's vocabulary and special ids, tied head."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 512,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": True,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     """A 2-layer, 64-wide LLaMA with random weights and a byte-level BPE tokenizer trained on the spot."""
@@ -102,17 +116,7 @@ def tiny_llama_dir(tmp_path_factory):
     fast = _tiny_bpe_tokenizer(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
+        **_tiny_lm_sizes(fast), num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -128,20 +132,13 @@ def tiny_gemma_dir(tmp_path_factory):
     fast = _tiny_bpe_tokenizer(folder)
     torch.manual_seed(0)
     config = Gemma3TextConfig(
-        vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
+        **_tiny_lm_sizes(fast),
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=16,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         sliding_window=8,
-        max_position_embeddings=512,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
     )
     Gemma3ForCausalLM(config).save_pretrained(folder)
     return folder

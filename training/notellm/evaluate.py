@@ -47,7 +47,8 @@ def evaluate_notellm(
         raise FileNotFoundError(
             f"{run_dir} holds no training run (config.json); run `llmrec train notellm` first"
         )
-    trained_config = NoteLLMConfig.from_dict(json.loads(config_path.read_text())["model"])
+    run_config = json.loads(config_path.read_text())
+    trained_config = NoteLLMConfig.from_dict(run_config["model"])
     ids = data.items["item_id"].tolist()
     held_out = split.held_out_items(data.items)
     truth = held_out["category"].tolist()
@@ -89,9 +90,7 @@ def evaluate_notellm(
     if minilm_finetuned:  # 1b. ... fine-tuned with GCL on the same training pairs, as many as NoteLLM saw
         from llmrec.training.sentence_finetune import MINILM_BATCH_PAIRS, finetune_sentence_model
 
-        steps = math.ceil(
-            _pairs_seen(json.loads(config_path.read_text())["train"], split) / MINILM_BATCH_PAIRS
-        )
+        steps = math.ceil(_pairs_seen(run_config["train"], split) / MINILM_BATCH_PAIRS)
         add(
             f"all-MiniLM-L6-v2 + GCL on the same pairs ({steps} x {MINILM_BATCH_PAIRS})",
             finetune_sentence_model(data.items, split.train_pairs, steps=steps),
@@ -105,9 +104,7 @@ def evaluate_notellm(
     # 3. Optionally the whole backbone, untruncated.
     if full_backbone and trained_config.keep_layers is not None:
         full = NoteLLM(
-            NoteLLMConfig.from_dict(
-                {**json.loads(config_path.read_text())["model"], "keep_layers": None, "train_layers": None}
-            )
+            NoteLLMConfig.from_dict({**run_config["model"], "keep_layers": None, "train_layers": None})
         )
         add(
             f"{backbone} {len(full.lm.model.layers)}L zero-shot",

@@ -156,16 +156,16 @@ class NoteLLM(nn.Module):
         """
         decoder = self.lm.model
         config = decoder.config
-        saved = decoder.layers, decoder.norm, getattr(config, "layer_types", None)
-        decoder.layers, decoder.norm = decoder.layers[part], norm
-        if saved[2] is not None:
-            config.layer_types = saved[2][part]
+        layers, final_norm, types = decoder.layers, decoder.norm, getattr(config, "layer_types", None)
+        decoder.layers, decoder.norm = layers[part], norm
+        if types is not None:
+            config.layer_types = types[part]
         try:
             yield decoder
         finally:
-            decoder.layers, decoder.norm = saved[0], saved[1]
-            if saved[2] is not None:
-                config.layer_types = saved[2]
+            decoder.layers, decoder.norm = layers, final_norm
+            if types is not None:
+                config.layer_types = types
 
     @torch.no_grad()
     def trunk_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
