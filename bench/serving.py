@@ -35,7 +35,7 @@ import tritonclient.grpc as grpcclient
 from llmrec.export.repository import without_batching
 from llmrec.paths import artifacts_dir
 from llmrec.runs import git_commit, table
-from llmrec.server import metrics, runtime
+from llmrec.server import item_index, metrics, runtime
 from llmrec.server.client import RankingClient, similar_request
 from llmrec.server.launcher import TritonServer
 from llmrec.server.workloads import user_requests
@@ -173,7 +173,7 @@ def main() -> None:
         print(table(rows[-1:]), flush=True)
 
     # In-process: the runtime classes the python models use, shared by the threads (as in one model instance).
-    index = runtime.ItemIndex.load(args.repo / "similar_core" / "1")
+    index = item_index.ItemIndex.load(args.repo / "similar_core" / "1")
     for cache in (False, True):
         scorer = runtime.RankScorer(args.repo / "rank_core" / "1", cache_items=None if cache else 0)
         local = {

@@ -30,7 +30,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
-from llmrec.server import ensembles, runtime, tokenizer, versions
+from llmrec.server import ensembles, item_index, runtime, tokenizer, versions
 
 SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
 WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]
@@ -179,15 +179,23 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
     return report
 
 
-def export_index(repo: Path, ids: list[str], vectors: np.ndarray, version: int = 1) -> Path:
-    """The catalogue's vectors -> <repo>/similar/<version>/ (checked as the server will check them: an
-    index of another dimension than the repository's embed model is refused)."""
+def export_index(
+    repo: Path,
+    ids: list[str],
+    vectors: np.ndarray,
+    version: int = 1,
+    spec: item_index.IndexSpec | None = None,
+    log=print,
+) -> dict:
+    """The catalogue's vectors -> <repo>/similar/<version>/: exact, or a FAISS index tuned and gated on its
+    recall against exact search (llmrec.server.item_index); returns index.json's content. Checked as the
+    server will check it: an index of another dimension than the repository's embed model is refused."""
     runtime.check_index_matches_embed(int(np.asarray(vectors).shape[-1]), repo)
     folder = _model_folder(repo, "similar", version)
-    np.save(folder / runtime.INDEX_VECTORS, np.asarray(vectors, dtype=np.float32))
-    (folder / runtime.INDEX_IDS).write_text(json.dumps(list(ids)))
-    runtime.ItemIndex.load(folder)
-    return _publish(folder)
+    meta = item_index.write(folder, ids, vectors, spec or item_index.IndexSpec(), log)
+    item_index.ItemIndex.load(folder)
+    _publish(folder)
+    return meta
 
 
 def without_batching(repo: Path, dest: Path) -> Path:

@@ -405,10 +405,22 @@ def export(
             'a model runs one with the config parameter precision = "fp16".'
         ),
     ] = False,
+    index_kind: Annotated[
+        str,
+        typer.Option(
+            help="similar's index: auto (exact up to 20,000 items, then FAISS HNSW, IVF-PQ past the memory "
+            "budget), exact, hnsw, ivf_flat or ivf_pq."
+        ),
+    ] = "auto",
+    recall_floor: Annotated[
+        float,
+        typer.Option(help="An ANN index whose recall@10 against exact search falls under this is refused."),
+    ] = 0.95,
 ) -> None:
     """ONNX graphs (with a parity check against PyTorch) and the item index -> a Triton model repository."""
     from llmrec.export import repository
     from llmrec.runs import table
+    from llmrec.server import item_index
     from llmrec.training.embed_io import load_vectors
     from llmrec.training.encoders import item_text
 
@@ -418,6 +430,10 @@ def export(
     models = [m for m in (only or "embed,rank,similar").split(",") if m]
     if unknown := set(models) - {"embed", "rank", "similar"}:
         raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from embed, rank, similar"))
+    try:
+        spec = item_index.IndexSpec(kind=index_kind, recall_floor=recall_floor)
+    except ValueError as e:
+        raise _fail(e) from None
     data, _, _ = _load(items, interactions, 0.1)
     records = data.items.to_dict("records")
     report: dict = {}
@@ -433,8 +449,8 @@ def export(
             )
         if "similar" in models:
             ids, vectors = load_vectors(index or notellm_dir / "item_vectors.npy")
-            repository.export_index(repo, ids, vectors, version)
-            report["similar"] = {"items": len(ids), "dim": int(vectors.shape[1])}
+            typer.echo(f"exporting similar ({len(ids):,} item vectors) ...")
+            report["similar"] = repository.export_index(repo, ids, vectors, version, spec, typer.echo)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     from llmrec.runs import provenance, write_json

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmrec.kernels import cosine_topk
 from llmrec.server import ensembles, versions
-from llmrec.server.contract import BadRequest
 from llmrec.server.tokenizer import ServingTokenizer
 
 NOTELLM_ONNX = "notellm.onnx"
@@ -28,8 +26,6 @@ ENCODER_ONNX = "encoder.onnx"
 RANKER_META = "ranker.json"  # the RankerConfig
 RANKER_HEAD = "head.pt"  # the head's parameters
 TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
-INDEX_VECTORS = "index.npy"
-INDEX_IDS = "index.ids.json"
 PRECISIONS = ("fp32", "fp16")  # fp16: `llmrec export --fp16` also writes <graph>.fp16.onnx (fp32 in and out)
 RANK_CATALOGUE = "catalogue.json"  # the catalogue's item texts: rank warms its item-vector cache with them
 
@@ -96,79 +92,6 @@ class NoteEmbedder:
         if not items:
             return np.zeros((0, self.dim), np.float32)
         return self.session.run(None, self.inputs(items))[0]
-
-
-class ItemIndex:
-    """The catalogue's vectors and ids; cosine top-k over them through the kernels' dispatch."""
-
-    def __init__(self, ids: list[str], vectors: np.ndarray):
-        self.ids = ids
-        self.vectors = torch.from_numpy(vectors)
-        self.row = {item_id: i for i, item_id in enumerate(ids)}
-        if torch.cuda.is_available():
-            self.vectors = self.vectors.cuda()
-
-    @classmethod
-    def load(cls, folder: Path) -> ItemIndex:
-        """Loads and checks index.npy + index.ids.json; any problem is a ValueError that names the file."""
-        folder = Path(folder)
-        vec_path, ids_path = folder / INDEX_VECTORS, folder / INDEX_IDS
-        for path in (vec_path, ids_path):
-            if not path.is_file():
-                raise ValueError(f"item index {path} is missing")
-        try:
-            vectors = np.load(vec_path, allow_pickle=False)
-        except Exception as e:  # a truncated or foreign file: numpy raises many kinds
-            raise ValueError(f"item index {vec_path} is not a readable .npy file: {e}") from None
-        try:
-            ids = json.loads(ids_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"item ids {ids_path} are not valid JSON: {e}") from None
-        if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.dtype.kind != "f":
-            raise ValueError(
-                f"item index {vec_path} must be a non-empty (n, d) float array, got {vectors.dtype} {vectors.shape}"
-            )
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ValueError(f"item ids {ids_path} must be a JSON list of strings")
-        if len(ids) != vectors.shape[0]:
-            raise ValueError(f"item index {vec_path} has {vectors.shape[0]} vectors for {len(ids)} ids")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"item ids {ids_path} contain duplicates")
-        vectors = vectors.astype(np.float32)
-        if not np.isfinite(vectors).all():
-            raise ValueError(f"item index {vec_path} contains NaN or infinite values")
-        norms = np.linalg.norm(vectors, axis=1)
-        if (norms == 0).any():
-            raise ValueError(
-                f"item index {vec_path} has all-zero vectors (rows {np.flatnonzero(norms == 0)[:5]})"
-            )
-        return cls(ids, vectors / norms[:, None])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def vectors_of(self, item_ids: list[str]) -> np.ndarray:
-        rows = []
-        for item_id in item_ids:
-            if item_id not in self.row:
-                raise BadRequest(f"unknown item id {item_id!r}")
-            rows.append(self.row[item_id])
-        return self.vectors[rows].cpu().numpy()
-
-    def search(
-        self, queries: np.ndarray, k: int, exclude: list[str | None]
-    ) -> tuple[list[list[str]], np.ndarray]:
-        """Top-k ids and cosine scores per query (n_q, d); `exclude` drops one item per query (its own)."""
-        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.vectors.device)
-        q = torch.nn.functional.normalize(q, dim=-1)
-        drop = torch.tensor([self.row[e] if e is not None else -1 for e in exclude], device=q.device)
-        scores, rows = cosine_topk(q, self.vectors, k, exclude=drop)
-        rows = rows.cpu().numpy()
-        return [[self.ids[r] for r in row] for row in rows], scores.cpu().numpy()
 
 
 def embed_dim(repo: Path) -> tuple[int, int] | None:

@@ -1,8 +1,8 @@
 """Triton python model `similar_core`, behind the public ensemble `similar` (llmrec.server.ensembles).
 
 ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k]. The item index
-(llmrec.server.runtime.ItemIndex) is read at load: a malformed index, or one whose dimension differs from
-the `embed` model's, fails this version's load with the reason, and a server that already serves an older
+(llmrec.server.item_index.ItemIndex: exact, or FAISS) is read at load: a malformed index, or one whose
+dimension differs from the `embed` model's, fails this version's load with the reason, and a server that already serves an older
 version keeps serving it. Text queries are embedded by `embed_core` (a BLS call: the texts passed this
 model's checks already), item-id queries read their vector from the index and never return themselves,
 vector queries are used as given (normalised). All queries of a dynamic batch share one top-k call (the
@@ -17,7 +17,8 @@ import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import Overloaded, input_of, run_batch
 from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, check_vectors, decode_text
-from llmrec.server.runtime import ItemIndex, check_index_matches_embed
+from llmrec.server.item_index import ItemIndex
+from llmrec.server.runtime import check_index_matches_embed
 
 
 class TritonPythonModel:

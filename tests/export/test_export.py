@@ -1,7 +1,5 @@
 """Export on the tiny models: valid ONNX, dynamic axes, parity with PyTorch, tokenizer parity, layout."""
 
-import json
-
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +7,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.repository import export_index
-from llmrec.server import runtime, versions
+from llmrec.server import item_index, runtime, versions
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +17,7 @@ def test_repository_layout(tiny_repo):
     for model, files in {
         "embed": [runtime.NOTELLM_ONNX, runtime.NOTELLM_META, "model.py", "tokenizer/tokenizer.json"],
         "rank": [runtime.ENCODER_ONNX, runtime.RANKER_META, runtime.RANKER_HEAD, "model.py"],
-        "similar": [runtime.INDEX_VECTORS, runtime.INDEX_IDS, "model.py"],
+        "similar": [item_index.INDEX_VECTORS, item_index.INDEX_IDS, "model.py"],
     }.items():
         core = f"{model}_core"
         assert (repo / core / "config.pbtxt").is_file()
@@ -106,35 +104,11 @@ def test_a_sealed_version_names_what_changed(tiny_repo, tmp_path):
     folder = tmp_path / "1"
     shutil.copytree(tiny_repo["repo"] / "similar_core" / "1", folder)
     assert versions.problem(folder) is None
-    vectors = folder / runtime.INDEX_VECTORS
+    vectors = folder / item_index.INDEX_VECTORS
     vectors.write_bytes(vectors.read_bytes()[:-7])  # a truncated copy
     assert "index.npy has" in versions.problem(folder) and "truncated" in versions.problem(folder)
     vectors.unlink()
     assert "index.npy is missing" in versions.problem(folder)
-
-
-@pytest.mark.parametrize(
-    "vectors, ids, message",
-    [
-        (np.full((2, 3), np.nan, np.float32), ["a", "b"], "NaN or infinite"),
-        (np.zeros((2, 3), np.float32), ["a", "b"], "all-zero vectors"),
-        (np.eye(2, dtype=np.float32), ["a", "a"], "duplicates"),
-        (np.arange(3, dtype=np.float32), ["a"], "non-empty \\(n, d\\) float array"),
-    ],
-)
-def test_index_load_names_the_problem(tmp_path, vectors, ids, message):
-    np.save(tmp_path / runtime.INDEX_VECTORS, vectors)
-    (tmp_path / runtime.INDEX_IDS).write_text(json.dumps(ids))
-    with pytest.raises(ValueError, match=message):
-        runtime.ItemIndex.load(tmp_path)
-
-
-def test_index_search_excludes_the_query_item():
-    vectors = np.eye(4, dtype=np.float32) + 0.1
-    index = runtime.ItemIndex(["a", "b", "c", "d"], vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    ids, scores = index.search(index.vectors_of(["a", "b"]), 2, exclude=["a", None])
-    assert ids[0][0] != "a" and ids[1][0] == "b"
-    assert scores.shape == (2, 2) and scores[0, 0] >= scores[0, 1]
 
 
 def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):

@@ -23,7 +23,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from llmrec.loadtest import fuzz
-from llmrec.server import metrics, runtime, versions
+from llmrec.server import item_index, metrics, runtime, versions
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER
 from llmrec.server.launcher import TritonServer, free_ports
@@ -45,7 +45,7 @@ def server(repo):
 
 
 def catalogue(repo: Path) -> tuple[list[str], list[str]]:
-    ids = json.loads((repo / "similar_core" / "1" / runtime.INDEX_IDS).read_text())
+    ids = json.loads((repo / "similar_core" / "1" / item_index.INDEX_IDS).read_text())
     texts = json.loads((repo / "rank_core" / "1" / runtime.RANK_CATALOGUE).read_text())
     return ids, texts
 
@@ -113,11 +113,11 @@ def test_a_restart_serves_the_last_good_version_and_says_what_it_skipped(repo, t
     shutil.copytree(repo, broken)
     similar = broken / "similar_core"
     shutil.copytree(similar / "1", similar / "2")  # v2: a copy whose index was cut short after sealing
-    index = similar / "2" / runtime.INDEX_VECTORS
+    index = similar / "2" / item_index.INDEX_VECTORS
     index.write_bytes(index.read_bytes()[:100])
     shutil.copytree(similar / "1", similar / "3")  # v3: sealed and intact, but 8-d while embed gives 16-d
     np.save(
-        similar / "3" / runtime.INDEX_VECTORS,
+        similar / "3" / item_index.INDEX_VECTORS,
         np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32),
     )
     versions.seal(similar / "3", "similar_core", 3)
@@ -138,7 +138,7 @@ def test_a_new_index_of_the_wrong_dimension_fails_its_load_and_the_old_one_keeps
     similar = repo / "similar_core"
     shutil.copytree(similar / "1", similar / "2")
     np.save(
-        similar / "2" / runtime.INDEX_VECTORS,
+        similar / "2" / item_index.INDEX_VECTORS,
         np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32),
     )
     versions.seal(similar / "2", "similar_core", 2)

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmrec.server import metrics, runtime
+from llmrec.server import item_index, metrics, runtime
 from llmrec.server.client import AsyncRankingClient, RankingClient, ServingError
 from llmrec.server.launcher import ServerError, TritonServer
 from llmrec.training.encoders import item_text
@@ -204,17 +204,35 @@ def test_a_bad_index_version_fails_its_load_and_the_old_one_keeps_serving(served
     client, repo = served["client"], served["repo"]
     version2 = repo / "similar_core" / "2"
     shutil.copytree(repo / "similar_core" / "1", version2)
-    (version2 / runtime.INDEX_IDS).write_text(json.dumps(["only-one-id"]))
+    (version2 / item_index.INDEX_IDS).write_text(json.dumps(["only-one-id"]))
     with pytest.raises(ServingError, match="has 40 vectors for 1 ids"):
         client.reload("similar")
     assert len(client.similar(item_id="3", k=3)) == 3  # version 1 still answers
 
-    ids = json.loads((repo / "similar_core" / "1" / runtime.INDEX_IDS).read_text())
-    (version2 / runtime.INDEX_IDS).write_text(json.dumps([f"v2-{i}" for i in ids]))
+    ids = json.loads((repo / "similar_core" / "1" / item_index.INDEX_IDS).read_text())
+    (version2 / item_index.INDEX_IDS).write_text(json.dumps([f"v2-{i}" for i in ids]))
     client.reload("similar")
     assert client.similar(item_id="v2-3", k=2)[0].item_id.startswith("v2-")
     with pytest.raises(ServingError, match="unknown item id '3'"):
         client.similar(item_id="3", k=2)
+
+
+def test_similar_serves_a_faiss_index_with_the_answers_of_exact_search(served):
+    from llmrec.export.repository import export_index
+
+    client, repo = served["client"], served["repo"]
+    v1 = repo / "similar_core" / "1"
+    ids = json.loads((v1 / item_index.INDEX_IDS).read_text())
+    vectors = np.load(v1 / item_index.INDEX_VECTORS)
+    exact = item_index.ItemIndex(ids, vectors)
+    meta = export_index(repo, ids, vectors, 9, item_index.IndexSpec(kind="hnsw"), log=lambda _: None)
+    assert meta["kind"] == "hnsw" and meta["recall"]["recall"] == 1.0
+    client.reload("similar")
+    for item in ids[:5]:
+        got = client.similar(item_id=item, k=5)
+        want_ids, want_scores = exact.search(exact.vectors_of([item]), 5, exclude=[item])
+        assert [n.item_id for n in got] == want_ids[0]
+        np.testing.assert_allclose([n.score for n in got], want_scores[0], atol=1e-5)
 
 
 def test_launcher_fails_fast_with_the_log(tmp_path):
