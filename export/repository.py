@@ -19,6 +19,7 @@ version whose files still match its manifest and that loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
@@ -30,6 +31,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
+from llmrec.paths import artifacts_dir
 from llmrec.server import ensembles, item_index, runtime, tokenizer, versions
 
 SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
@@ -132,9 +134,26 @@ def export_embed(
     return report
 
 
-def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1, fp16: bool = False) -> dict:
-    """EaaR text encoder + head -> <repo>/rank/<version>/; returns the parity summary (with `fp16`: the fp32
-    graph's, plus the fp16 graph's under "fp16")."""
+def export_rank(
+    repo: Path,
+    ranker_dir: Path,
+    ids: list[str],
+    texts: list[str],
+    version: int = 1,
+    fp16: bool = False,
+    work_dir: Path | None = None,
+) -> dict:
+    """EaaR text encoder + head -> <repo>/rank/<version>/, with the catalogue's item vectors by id (`ids`,
+    `texts`: the catalogue, in one order) computed through the exported graph by a resumable batch job
+    (llmrec.training.vector_job; its partial file lives in `work_dir`, default
+    <artifacts>/export/work). Returns the parity summary (with `fp16`: the fp32 graph's, plus the fp16 graph's under
+    "fp16")."""
+    from llmrec.training import vector_job
+
+    if len(ids) != len(texts) or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"rank export needs one text per distinct item id: {len(set(ids))} ids, {len(texts)} texts"
+        )
     from llmrec.training.eaar.model import Ranker
 
     ranker = Ranker.load(ranker_dir)
@@ -175,6 +194,21 @@ def export_rank(repo: Path, ranker_dir: Path, texts: list[str], version: int = 1
         fp16_scorer = runtime.RankScorer(folder, warm=False, precision="fp16")
         report["fp16"] = check(fp16_scorer, parity.FP16_TOLERANCE, "rank encoder fp16")
     (folder / runtime.RANK_CATALOGUE).write_text(json.dumps(texts))  # rank warms its item cache with these
+    weights = vector_job.file_digest(*sorted(p for p in Path(ranker_dir).rglob("*") if p.is_file()))
+    key = weights + hashlib.sha256(json.dumps(texts).encode()).hexdigest()  # same model, same texts
+    work = Path(work_dir or artifacts_dir() / "export" / "work") / f"rank-items-v{version}.npy"
+    dim = int(scorer.compute_item_vectors(texts[:1]).shape[1])
+    vector_job.run(
+        work,
+        list(ids),
+        dim,
+        lambda start, stop: scorer.compute_item_vectors(texts[start:stop]).float().cpu().numpy(),
+        batch=64,
+        key=key,
+        desc="rank item vectors",
+    )
+    shutil.move(work, folder / runtime.RANK_ITEMS)
+    shutil.move(work.with_suffix(".ids.json"), folder / runtime.RANK_ITEM_IDS)
     _publish(folder)
     return report
 

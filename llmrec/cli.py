@@ -445,7 +445,12 @@ def export(
         if "rank" in models:
             typer.echo("exporting rank (EaaR text encoder + head) ...")
             report["rank"] = repository.export_rank(
-                repo, ranker_dir, [item_text(r) for r in records], version, fp16
+                repo,
+                ranker_dir,
+                [r["item_id"] for r in records],
+                [item_text(r) for r in records],
+                version,
+                fp16,
             )
         if "similar" in models:
             ids, vectors = load_vectors(index or notellm_dir / "item_vectors.npy")

@@ -93,10 +93,24 @@ def similar_request(
     return contract.SIMILAR.name, [query, k_input], ["ITEM_IDS", "SCORES"]
 
 
-def rank_request(history: list[str], candidates: list[str]) -> tuple[str, list, list[str]]:
-    if not history or not candidates:
-        raise ValueError("rank needs at least one history text and one candidate")
-    inputs = [_bytes_input("HISTORY", [history]), _bytes_input("CANDIDATES", [candidates])]
+def rank_request(
+    history: list[str] | None = None,
+    candidates: list[str] | None = None,
+    history_ids: list[str] | None = None,
+    candidate_ids: list[str] | None = None,
+) -> tuple[str, list, list[str]]:
+    """Each side as texts or as catalogue item ids (exactly one of the two)."""
+    inputs = []
+    for texts, ids, texts_name, ids_name in (
+        (history, history_ids, "HISTORY", "HISTORY_IDS"),
+        (candidates, candidate_ids, "CANDIDATES", "CANDIDATE_IDS"),
+    ):
+        if (texts is None) == (ids is None):
+            raise ValueError(f"rank needs exactly one of {texts_name.lower()} and {ids_name.lower()}")
+        values, name = (texts, texts_name) if ids is None else (ids, ids_name)
+        if not values:
+            raise ValueError(f"rank needs at least one item in {name.lower()}")
+        inputs.append(_bytes_input(name, [list(values)]))
     return contract.RANK.name, inputs, ["SCORES"]
 
 
@@ -166,8 +180,16 @@ class RankingClient:
         text, or a vector of the index's dimension."""
         return _neighbours(*self._infer("similar", similar_request(item_id, text, k, vector)))
 
-    def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
-        return self._infer("rank", rank_request(history, candidates))[0][0]
+    def rank(
+        self,
+        history: list[str] | None = None,
+        candidates: list[str] | None = None,
+        *,
+        history_ids: list[str] | None = None,
+        candidate_ids: list[str] | None = None,
+    ) -> np.ndarray:
+        """One score per candidate for one user; each side as texts or as catalogue item ids."""
+        return self._infer("rank", rank_request(history, candidates, history_ids, candidate_ids))[0][0]
 
     def reload(self, model: str) -> None:
         """Re-read a public model's versions from the repository (a new index version replaces the served
@@ -254,8 +276,17 @@ class AsyncRankingClient:
     ) -> list[Neighbour]:
         return _neighbours(*await self._infer("similar", similar_request(item_id, text, k, vector)))
 
-    async def rank(self, history: list[str], candidates: list[str]) -> np.ndarray:
-        return (await self._infer("rank", rank_request(history, candidates)))[0][0]
+    async def rank(
+        self,
+        history: list[str] | None = None,
+        candidates: list[str] | None = None,
+        *,
+        history_ids: list[str] | None = None,
+        candidate_ids: list[str] | None = None,
+    ) -> np.ndarray:
+        """One score per candidate for one user; each side as texts or as catalogue item ids."""
+        result = await self._infer("rank", rank_request(history, candidates, history_ids, candidate_ids))
+        return result[0][0]
 
     async def close(self) -> None:
         await self.grpc.close()

@@ -6,12 +6,15 @@ config.pbtxt says the same (tests/server/test_contract.py).
     embed    TEXT [b, 1] BYTES                                  -> VECTOR [b, d] FP32 (L2-normalised)
     similar  ITEM_ID or TEXT [b, 1] BYTES or VECTOR [b, d] FP32,
              K [b, 1] INT32                                     -> ITEM_IDS [b, k] BYTES, SCORES [b, k] FP32
-    rank     HISTORY [b, h] BYTES, CANDIDATES [b, c] BYTES      -> SCORES [b, c] FP32
+    rank     HISTORY or HISTORY_IDS [b, h] BYTES,
+             CANDIDATES or CANDIDATE_IDS [b, c] BYTES           -> SCORES [b, c] FP32
 
 A text is UTF-8: a plain string (the item's title and description) or a JSON object with the item fields
 {"title", "topic", "content"} (what training saw). `similar` takes exactly one of ITEM_ID (a catalogue item,
 excluded from its own results), TEXT and VECTOR (a query vector of the index's dimension, e.g. from `embed`
-or a user model; normalised by the server); one K per request (all rows of a request share it).
+or a user model; normalised by the server); one K per request (all rows of a request share it). `rank`
+takes each side as texts or as catalogue item ids (their vectors were computed at export, so scoring by
+id encodes nothing); texts remain for items the catalogue lacks.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ SIMILAR = Model(
 )
 RANK = Model(
     "rank",
-    inputs=(Tensor("HISTORY", "BYTES", (-1,)), Tensor("CANDIDATES", "BYTES", (-1,))),
+    inputs=(
+        Tensor("HISTORY", "BYTES", (-1,), optional=True),
+        Tensor("HISTORY_IDS", "BYTES", (-1,), optional=True),
+        Tensor("CANDIDATES", "BYTES", (-1,), optional=True),
+        Tensor("CANDIDATE_IDS", "BYTES", (-1,), optional=True),
+    ),
     outputs=(Tensor("SCORES", "FP32", (-1,)),),
     max_batch_size=16,
 )

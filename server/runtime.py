@@ -12,12 +12,14 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmrec.server import ensembles, versions
+from llmrec.server.contract import BadRequest
 from llmrec.server.tokenizer import ServingTokenizer
 
 NOTELLM_ONNX = "notellm.onnx"
@@ -28,6 +30,8 @@ RANKER_HEAD = "head.pt"  # the head's parameters
 TOKENIZER = "tokenizer"  # tokenizer.json + special_tokens.json (llmrec.server.tokenizer)
 PRECISIONS = ("fp32", "fp16")  # fp16: `llmrec export --fp16` also writes <graph>.fp16.onnx (fp32 in and out)
 RANK_CATALOGUE = "catalogue.json"  # the catalogue's item texts: rank warms its item-vector cache with them
+RANK_ITEMS = "items.npy"  # the catalogue's rank item vectors (n, D), in catalogue.json's order (export's job)
+RANK_ITEM_IDS = "items.ids.json"  # their item ids
 
 # Items whose rank vectors stay cached per model instance (LLMREC_RANK_CACHE_ITEMS overrides; 0 turns it off).
 RANK_CACHE_ITEMS = 20_000
@@ -176,13 +180,43 @@ def catalogue_texts(path: Path) -> list[str]:
     return texts
 
 
+@dataclass(frozen=True)
+class ById:
+    """One side of a rank query given as catalogue item ids (vectors computed at export) instead of texts."""
+
+    ids: list[str]
+
+
+def load_item_vectors(folder: Path) -> tuple[np.ndarray, list[str]] | None:
+    """rank's item vectors by id (memory-mapped) and their ids; None where the version has none."""
+    vec_path, ids_path = Path(folder) / RANK_ITEMS, Path(folder) / RANK_ITEM_IDS
+    if not vec_path.is_file():
+        return None
+    try:
+        vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+        ids = json.loads(ids_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"rank item vectors {vec_path} or {ids_path.name} cannot be read: {e}") from None
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise ValueError(
+            f"rank item vectors {vec_path} must be (n, D) float32, got {vectors.dtype} {vectors.shape}"
+        )
+    if not isinstance(ids, list) or len(ids) != len(vectors) or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"{ids_path} must list {len(vectors)} distinct item ids, one per row of {vec_path.name}"
+        )
+    return vectors, [str(i) for i in ids]
+
+
 class RankScorer:
     """EaaR online: item texts -> exported BERT encoder -> the trained head (pooling, user attention, dot).
 
     Item vectors are cached by text (VectorCache): a catalogue item is encoded once per model instance,
-    so a request costs the user attention and the dot products, not a BERT pass per item. With `warm`,
-    the catalogue texts exported beside the model (catalogue.json) are encoded at load, up to the
-    cache's capacity, so that the first requests after a (re)load are as fast as the rest.
+    so a request costs the user attention and the dot products, not a BERT pass per item. Catalogue items
+    may also be named by id: export computed their vectors (items.npy, memory-mapped here), so a query by
+    ids encodes nothing. With `warm`, the cache is filled at load with the catalogue's texts
+    (catalogue.json), up to its capacity: from items.npy where the version has it, else by encoding them,
+    so that the first requests after a (re)load are as fast as the rest.
     """
 
     def __init__(
@@ -206,15 +240,39 @@ class RankScorer:
         if cache_items is None:
             cache_items = int(os.environ.get("LLMREC_RANK_CACHE_ITEMS", RANK_CACHE_ITEMS))
         self.cache = VectorCache(cache_items)
+        by_id = load_item_vectors(folder)
+        self.id_vectors, ids = by_id if by_id else (None, [])
+        self.id_row = {item_id: row for row, item_id in enumerate(ids)}
         if warm and (folder / RANK_CATALOGUE).is_file():
             self.warm(catalogue_texts(folder / RANK_CATALOGUE))
 
     def warm(self, texts: list[str], batch: int = 64) -> None:
-        """Encode `texts` into the cache (the first `capacity` of them); lookups stay uncounted."""
+        """Fill the cache with `texts` (the first `capacity` of them): copied from the item vectors by id
+        when `texts` is the catalogue they were computed from, else encoded; lookups stay uncounted."""
+        if self.id_vectors is not None and len(texts) == len(self.id_vectors):
+            first: dict[str, int] = {}
+            for row, text in enumerate(texts[: self.cache.capacity]):
+                first.setdefault(text, row)
+            rows = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+            self.cache.store(list(first), torch.from_numpy(np.asarray(self.id_vectors[rows])).to(self.device))
+            return
         texts = list(dict.fromkeys(texts))[: self.cache.capacity]
         for start in range(0, len(texts), batch):
             self.item_vectors(texts[start : start + batch])
         self.cache.hits = self.cache.misses = 0
+
+    def check_ids(self, item_ids: list[str], what: str) -> None:
+        """A BadRequest naming `what` unless every id has a vector in this version."""
+        if self.id_vectors is None:
+            raise BadRequest(f"{what}: this rank version has no item vectors by id (export it again)")
+        for item_id in item_ids:
+            if item_id not in self.id_row:
+                raise BadRequest(f"{what}: unknown item id {item_id!r}")
+
+    def vectors_by_id(self, item_ids: list[str]) -> torch.Tensor:
+        """(n, D) vectors of catalogue items by id (rows of items.npy; check_ids first)."""
+        rows = np.array([self.id_row[i] for i in item_ids], dtype=np.int64)
+        return torch.from_numpy(np.asarray(self.id_vectors[rows])).to(self.device)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (n, T, H) and mask (n, T) of item texts, from the exported encoder."""
@@ -230,29 +288,51 @@ class RankScorer:
         """(n, D) vectors of distinct item texts: cached ones looked up, the rest in one encoder pass."""
         found, missing = self.cache.lookup(texts)
         if missing:
-            tokens, mask = self.encode(missing)
-            computed, _ = self.head.pool_items(tokens, mask)
+            computed = self.compute_item_vectors(missing)
             self.cache.store(missing, computed)
             found.update(zip(missing, computed, strict=True))
         return torch.stack([found[t] for t in texts])
 
     @torch.no_grad()
-    def score(self, users: list[tuple[list[str], list[str]]]) -> list[np.ndarray]:
-        """One score per candidate for each (history texts, candidate texts); all users in one encoder pass."""
+    def compute_item_vectors(self, texts: list[str]) -> torch.Tensor:
+        """(n, D) item vectors of texts: the exported encoder, then the head's item pooling (no cache)."""
+        tokens, mask = self.encode(texts)
+        return self.head.pool_items(tokens, mask)[0]
+
+    @torch.no_grad()
+    def score(self, users: list[tuple[list[str] | ById, list[str] | ById]]) -> list[np.ndarray]:
+        """One score per candidate for each (history, candidates), each side texts or ById; the distinct
+        texts of all users go through the cache (uncached ones in one encoder pass), ids to items.npy."""
         if not users:
             return []
-        unique = sorted({t for hist, cands in users for t in (*hist, *cands)})
-        where = {t: i for i, t in enumerate(unique)}
-        vectors = self.item_vectors(unique)  # (n, D)
-        width = max(len(hist) for hist, _ in users)
-        rows = torch.zeros(len(users), width, dtype=torch.long, device=self.device)
+        sides = [side for user in users for side in user]
+        texts = sorted({t for side in sides if not isinstance(side, ById) for t in side})
+        ids = sorted({i for side in sides if isinstance(side, ById) for i in side.ids})
+        parts = [self.item_vectors(texts)] if texts else []
+        if ids:
+            parts.append(self.vectors_by_id(ids).to(parts[0].dtype if parts else torch.float32))
+        vectors = torch.cat(parts)  # (n, D): texts first, then ids
+        where = {("text", t): i for i, t in enumerate(texts)} | {
+            ("id", x): len(texts) + j for j, x in enumerate(ids)
+        }
+
+        def rows(side) -> list[int]:
+            return (
+                [where["id", x] for x in side.ids]
+                if isinstance(side, ById)
+                else [where["text", t] for t in side]
+            )
+
+        width = max(len(rows(hist)) for hist, _ in users)
+        index = torch.zeros(len(users), width, dtype=torch.long, device=self.device)
         valid = torch.zeros(len(users), width, dtype=torch.bool, device=self.device)
         for b, (hist, _) in enumerate(users):
-            rows[b, : len(hist)] = torch.tensor([where[t] for t in hist], device=self.device)
-            valid[b, : len(hist)] = True
-        user = self.head.user_vectors(vectors[rows], valid)  # (B, D)
+            hist_rows = rows(hist)
+            index[b, : len(hist_rows)] = torch.tensor(hist_rows, device=self.device)
+            valid[b, : len(hist_rows)] = True
+        user = self.head.user_vectors(vectors[index], valid)  # (B, D)
         out = []
         for b, (_, cands) in enumerate(users):
-            cand = vectors[torch.tensor([where[t] for t in cands], device=self.device)]
+            cand = vectors[torch.tensor(rows(cands), device=self.device)]
             out.append((cand @ user[b]).float().cpu().numpy())
         return out

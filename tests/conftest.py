@@ -209,7 +209,13 @@ def tiny_repo(tmp_path_factory, tiny_runs):
     records = tiny_runs["items"].to_dict("records")
     reports = {
         "embed": repository.export_embed(repo, tiny_runs["notellm"], records),
-        "rank": repository.export_rank(repo, tiny_runs["eaar"], [item_text(r) for r in records]),
+        "rank": repository.export_rank(
+            repo,
+            tiny_runs["eaar"],
+            [r["item_id"] for r in records],
+            [item_text(r) for r in records],
+            work_dir=tmp_path_factory.mktemp("export_work"),
+        ),
     }
     repository.export_index(repo, *load_vectors(tiny_runs["notellm"] / "item_vectors.npy"))
     return {"repo": repo, "reports": reports, **tiny_runs}

@@ -1,9 +1,10 @@
 """Triton python model `rank_core`, behind the public ensemble `rank` (llmrec.server.ensembles).
 
-HISTORY [b, h], CANDIDATES [b, c] texts -> SCORES [b, c].
+HISTORY or HISTORY_IDS [b, h], CANDIDATES or CANDIDATE_IDS [b, c] (texts or catalogue item ids) -> SCORES [b, c].
 EaaR online (llmrec.server.runtime.RankScorer): the exported BERT encoder, then the trained head. Item
-vectors are cached by text; all users of a dynamic batch share one encoder pass over their distinct
-uncached texts; a bad request gets its own error and the others are scored. The cache's lookups go to
+vectors are cached by text, and read by id from the vectors export computed; all users of a dynamic batch
+share one encoder pass over their distinct uncached texts; a bad request gets its own error and the
+others are scored. The cache's lookups go to
 Triton's /metrics as `llmrec_rank_item_cache_lookups_total{result="hit"|"miss"}` and its size as
 `llmrec_rank_item_cache_items`.
 """
@@ -15,16 +16,24 @@ import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import input_of, run_batch
 from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
-from llmrec.server.runtime import RankScorer, model_precision
+from llmrec.server.runtime import ById, RankScorer, model_precision
 
 
-def _texts(request, name, limit):
-    values = input_of(request, name)
+def _side(request, scorer: RankScorer, texts_name: str, ids_name: str, limit: int) -> list:
+    """One side of each row of a request: its texts, or ById of its item ids (checked against the catalogue)."""
+    texts, ids = input_of(request, texts_name, required=False), input_of(request, ids_name, required=False)
+    if (texts is None) == (ids is None):
+        raise BadRequest(f"give exactly one of {texts_name} and {ids_name}")
+    name, values = (texts_name, texts) if ids is None else (ids_name, ids)
     if values.shape[-1] == 0:
-        raise BadRequest(f"{name} is empty: give at least one text")
+        raise BadRequest(f"{name} is empty: give at least one item")
     if values.shape[-1] > limit:
-        raise BadRequest(f"{name} has {values.shape[-1]} texts; the limit is {limit}")
-    return [[decode_text(t, f"{name}[{b}][{j}]") for j, t in enumerate(row)] for b, row in enumerate(values)]
+        raise BadRequest(f"{name} has {values.shape[-1]} items; the limit is {limit}")
+    rows = [[decode_text(t, f"{name}[{b}][{j}]") for j, t in enumerate(row)] for b, row in enumerate(values)]
+    if ids is None:
+        return rows
+    scorer.check_ids([i for row in rows for i in row], name)
+    return [ById(row) for row in rows]
 
 
 class TritonPythonModel:
@@ -49,7 +58,7 @@ class TritonPythonModel:
         self.booked = (0, 0)
 
     def execute(self, requests):
-        responses = run_batch(requests, _users, self.scorer.score, _scores, "rank")
+        responses = run_batch(requests, self._users, self.scorer.score, _scores, "rank")
         cache = self.scorer.cache
         try:  # the answers are computed: a metrics failure is logged, never turned into failed requests
             self.hits.increment(cache.hits - self.booked[0])
@@ -60,11 +69,10 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"rank: could not update the item-cache metrics: {e}")
         return responses
 
-
-def _users(request):
-    history = _texts(request, "HISTORY", MAX_HISTORY)
-    candidates = _texts(request, "CANDIDATES", MAX_CANDIDATES)
-    return list(zip(history, candidates, strict=True))
+    def _users(self, request):
+        history = _side(request, self.scorer, "HISTORY", "HISTORY_IDS", MAX_HISTORY)
+        candidates = _side(request, self.scorer, "CANDIDATES", "CANDIDATE_IDS", MAX_CANDIDATES)
+        return list(zip(history, candidates, strict=True))
 
 
 def _scores(results):

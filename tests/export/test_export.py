@@ -1,5 +1,7 @@
 """Export on the tiny models: valid ONNX, dynamic axes, parity with PyTorch, tokenizer parity, layout."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -125,6 +127,27 @@ def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
         results = list(pool.map(lambda _: scorer.score([(texts[:5], texts[5:25])])[0], range(32)))
     for got in results:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rank_scores_by_id_equal_scores_by_text(tiny_repo):
+    """Export computed the catalogue's rank vectors by id through the served graph: the same items give the
+    same scores whichever way they are named, and a load encodes nothing to warm its cache."""
+    from llmrec.training.encoders import item_text
+
+    records = tiny_repo["items"].to_dict("records")
+    ids, texts = [r["item_id"] for r in records], [item_text(r) for r in records]
+    folder = tiny_repo["repo"] / "rank_core" / "1"
+    assert json.loads((folder / runtime.RANK_ITEM_IDS).read_text()) == ids
+    scorer = runtime.RankScorer(folder)
+    assert len(scorer.cache) == len(set(texts)) and scorer.cache.misses == 0  # warmed from items.npy
+    by_text = scorer.score([(texts[:5], texts[5:25]), (texts[30:31], texts[:3])])
+    by_id = scorer.score(
+        [(runtime.ById(ids[:5]), runtime.ById(ids[5:25])), (runtime.ById(ids[30:31]), texts[:3])]
+    )
+    for want, got in zip(by_text, by_id, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    cold = runtime.RankScorer(folder, warm=False)  # vectors encoded now vs those the export job wrote
+    np.testing.assert_allclose(cold.score([(texts[:5], texts[5:25])])[0], by_text[0], rtol=1e-4, atol=1e-5)
 
 
 def test_parity_outside_tolerance_refuses_the_graph():

@@ -21,7 +21,13 @@ def fp16_repo(tiny_runs, tmp_path_factory):
     records = tiny_runs["items"].to_dict("records")
     reports = {
         "embed": repository.export_embed(repo, tiny_runs["notellm"], records, fp16=True),
-        "rank": repository.export_rank(repo, tiny_runs["eaar"], [item_text(r) for r in records], fp16=True),
+        "rank": repository.export_rank(
+            repo,
+            tiny_runs["eaar"],
+            [r["item_id"] for r in records],
+            [item_text(r) for r in records],
+            fp16=True,
+        ),
     }
     repository.export_index(repo, *load_vectors(tiny_runs["notellm"] / "item_vectors.npy"))
     return {"repo": repo, "reports": reports, "records": records}

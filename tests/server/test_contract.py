@@ -45,7 +45,9 @@ def test_config_matches_the_contract(name, target):
     assert config.max_batch_size == model.max_batch_size
     assert tensors(config.input) == expected(model.inputs)
     assert tensors(config.output) == expected(model.outputs)
-    assert config.HasField("dynamic_batching")  # the delay is per model (similar's is 0: its searches are cheap)
+    assert config.HasField(
+        "dynamic_batching"
+    )  # the delay is per model (similar's is 0: its searches are cheap)
     # overload is refused with UNAVAILABLE, not queued without limit
     policy = config.dynamic_batching.default_queue_policy
     assert 0 < policy.max_queue_size <= 1024
@@ -60,7 +62,9 @@ def test_config_matches_the_contract(name, target):
 def test_python_model_reads_and_writes_only_contract_tensors(name):
     source = (REPO / ensembles.core(name) / "model.py").read_text()
     model = contract.MODELS[name]
-    read = set(re.findall(r'(?:input_of|_texts)\(request, "(\w+)"', source))  # llmrec.server.batch
+    read = set(re.findall(r'input_of\(request, "(\w+)"', source))  # llmrec.server.batch
+    for pair in re.findall(r'_side\(request, [\w.]+, "(\w+)", "(\w+)"', source):  # rank: texts or ids
+        read |= set(pair)
     written = set(re.findall(r'pb_utils\.Tensor\("(\w+)"', source))
     if name == "similar":
         written.discard("TEXT")  # the input of its BLS call to `embed`

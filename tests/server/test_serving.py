@@ -80,6 +80,16 @@ def test_rank_over_grpc_matches_the_runtime(served):
     np.testing.assert_allclose(scores, local, rtol=1e-4, atol=1e-4)
 
 
+def test_rank_by_item_ids_equals_rank_by_texts(served):
+    ids = [r["item_id"] for r in served["items"].to_dict("records")]
+    client = served["client"]
+    by_text = client.rank(texts(served, 4), texts(served, 6, start=10))
+    by_id = client.rank(history_ids=ids[:4], candidate_ids=ids[10:16])
+    mixed = client.rank(texts(served, 4), candidate_ids=ids[10:16])
+    np.testing.assert_allclose(by_id, by_text, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mixed, by_text, rtol=1e-4, atol=1e-5)
+
+
 def test_rank_caches_item_vectors_and_reports_it(served):
     # the catalogue's texts are cached at load; these 8 are not in it
     history = [f"Unseen film {i} (2031)" for i in range(3)]
@@ -131,6 +141,12 @@ BAD = [
     ("similar", {"vector": np.zeros(16), "k": 3}, "VECTOR row 0 is all zeros"),
     ("similar", {"vector": np.full(16, np.nan), "k": 3}, "VECTOR contains NaN or infinite values"),
     ("rank", {"history": [""], "candidates": ["Movie 1"]}, "HISTORY[0][0] is empty"),
+    (
+        "rank",
+        {"history_ids": ["3", "nope"], "candidates": ["Movie 1"]},
+        "HISTORY_IDS: unknown item id 'nope'",
+    ),
+    ("rank", {"history": ["Movie 1"], "candidate_ids": ["x" * 20_000]}, "CANDIDATE_IDS[0][0] is 20000 bytes"),
 ]
 
 
