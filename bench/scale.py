@@ -11,6 +11,11 @@ automatic kind: exact up to 20,000 items, FAISS HNSW above, tuned and gated at r
   cosine top-k over the same vectors (the kernels' PyTorch path);
 - through the server: closed loop by item id, k = 10, at concurrency 1 and 8 (gRPC, the project's client),
   with the server's start-to-ready time and resident memory (the tritonserver process and its python stubs);
+- rank by item ids (history 10, 100 candidates) in the same server and in-process: a rank version whose
+  graph and head are those of an exported rank model (--rank-from, default the newest version in
+  artifacts/model_repo) and whose item vectors by id are grown the same way from that model's vectors of
+  the MovieLens items (scaled by norms drawn from theirs: rank scores by dot product); skipped, saying so,
+  where no exported rank model exists;
 - at the largest size, a hot swap under load: version 2 (the same index files, as a publish of an index
   built elsewhere) is placed and loaded while 4 threads call `similar`; every failed call is counted.
 
@@ -37,7 +42,7 @@ from bench.serving import closed_loop
 from bench.synthetic import describe, grow_catalogue
 from llmrec.paths import artifacts_dir
 from llmrec.runs import git_commit, table
-from llmrec.server import item_index, versions
+from llmrec.server import item_index, runtime, versions
 from llmrec.server.client import RankingClient
 from llmrec.server.launcher import TritonServer
 
@@ -60,6 +65,72 @@ def base_vectors(cache: Path) -> np.ndarray:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, reduced)
     return reduced
+
+
+def newest_rank_version(repo: Path) -> Path | None:
+    folder = repo / "rank_core"
+    found = versions.versions(folder) if folder.is_dir() else []
+    return folder / str(found[0]) if found else None
+
+
+def rank_version(repo: Path, source: Path, n: int, seed: int) -> list[str]:
+    """Version 1 of `rank` in `repo` for an n-item catalogue: `source`'s graph and head, item vectors by id
+    grown from `source`'s vectors of its own catalogue. Returns the item ids."""
+    from llmrec.export import repository
+
+    scorer = runtime.RankScorer(source, warm=False)
+    if scorer.id_vectors is not None:
+        real = np.asarray(scorer.id_vectors)
+    else:  # exported before rank had vectors by id: compute them for its catalogue
+        texts = runtime.catalogue_texts(source / runtime.RANK_CATALOGUE)
+        real = np.concatenate(
+            [scorer.compute_item_vectors(texts[i : i + 64]).float().numpy() for i in range(0, len(texts), 64)]
+        )
+    rng = np.random.default_rng(seed)
+    norms = rng.choice(np.linalg.norm(real, axis=1), n).astype(np.float32)
+    vectors = grow_catalogue(real, n, topic_spread=1.0, item_spread=0.8, seed=seed) * norms[:, None]
+    warmup = {"history": repository.WARMUP_ITEMS, "candidates": repository.WARMUP_ITEMS[::-1]}
+    folder = repository.version_folder(repo, "rank", 1, warmup)
+    skip = {runtime.RANK_ITEMS, runtime.RANK_ITEM_IDS, runtime.RANK_CATALOGUE, versions.MANIFEST, "model.py"}
+    for path in source.iterdir():
+        if path.name not in skip:
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, folder / path.name)
+    ids = [f"item{i}" for i in range(n)]
+    np.save(folder / runtime.RANK_ITEMS, vectors.astype(np.float32))
+    (folder / runtime.RANK_ITEM_IDS).write_text(json.dumps(ids))
+    (folder / runtime.RANK_CATALOGUE).write_text(json.dumps([f"synthetic item {i}" for i in range(n)]))
+    repository.publish(folder)
+    return ids
+
+
+def rank_payloads(ids: list[str], count: int = 500, seed: int = 2) -> list[tuple[list[str], list[str]]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            [ids[i] for i in rng.choice(len(ids), 10)],
+            [ids[i] for i in rng.choice(len(ids), 100, replace=False)],
+        )
+        for _ in range(count)
+    ]
+
+
+def rank_in_process(folder: Path, payloads: list, requests: int) -> dict:
+    scorer = runtime.RankScorer(folder)
+
+    def make():
+        return lambda p: scorer.score([(runtime.ById(p[0]), runtime.ById(p[1]))])
+
+    closed_loop(make, payloads, 1, 20)
+    return closed_loop(make, payloads, 1, requests)
+
+
+def rank_served(server: TritonServer, payloads: list, concurrency: int, requests: int) -> dict:
+    def make():
+        client = RankingClient(server.grpc_url, timeout=60.0)
+        return lambda p: client.rank(history_ids=p[0], candidate_ids=p[1])
+
+    closed_loop(make, payloads, 1, 20)
+    return closed_loop(make, payloads, concurrency, requests)
 
 
 def server_rss_mib(server: TritonServer) -> float:
@@ -148,6 +219,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ("server c=1", "o-"),
         ("in-process", "s--"),
         ("exact in-process", "^:"),
+        ("rank server c=1", "d-."),
     ):
         points = sorted((r["items"], r["p50_ms"], r["p99_ms"]) for r in rows if r["path"] == path_name)
         if points:
@@ -158,7 +230,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("catalogue items")
-    ax.set_ylabel("similar by item id, k = 10 (ms)")
+    ax.set_ylabel("similar by item id, k = 10; rank by ids, 10 + 100 (ms)")
     ax.set_title("similar latency against catalogue size (2-core CPU)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -174,8 +246,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="calls per served row")
     parser.add_argument("--exact-requests", type=int, default=50, help="calls per exact in-process row")
     parser.add_argument("--out", type=Path, default=artifacts_dir() / "bench" / "scale")
+    parser.add_argument(
+        "--rank-from",
+        type=Path,
+        default=newest_rank_version(artifacts_dir() / "model_repo"),
+        help="an exported rank version folder whose graph and head the rank rows use",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.rank_from:
+        print("no exported rank model (run `llmrec export`): the rank rows are skipped", flush=True)
     torch.set_num_threads(os.cpu_count() or 1)
 
     from llmrec.export.repository import export_index
@@ -209,6 +289,7 @@ def main() -> None:
         shutil.rmtree(repo, ignore_errors=True)
         started = time.perf_counter()
         meta = export_index(repo, ids, vectors, 1)
+        rank_ids = rank_version(repo, args.rank_from, n, seed=n) if args.rank_from else None
         builds.append(
             {
                 "items": n,
@@ -231,6 +312,11 @@ def main() -> None:
                 kind="exact",
             )
         del index
+        if rank_ids:
+            payloads = rank_payloads(rank_ids)
+            record(
+                n, "rank in-process", rank_in_process(repo / "rank_core" / "1", payloads, args.requests // 4)
+            )
         started = time.perf_counter()
         with TritonServer(repo, startup_timeout=600) as server:
             ready_s = time.perf_counter() - started

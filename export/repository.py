@@ -47,7 +47,7 @@ def _serialized_strings(values: list[str]) -> bytes:
     return out
 
 
-def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
+def version_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
     """The hidden folder that version `version` of public model `model` is written into (its core's),
     with the core's configs, code and warm-up files, and the model's ensemble and gate in place."""
     ensembles.write(repo, model)
@@ -68,7 +68,7 @@ def _model_folder(repo: Path, model: str, version: int, warmup: dict[str, list[s
     return tmp
 
 
-def _publish(tmp: Path) -> Path:
+def publish(tmp: Path) -> Path:
     """Seal a finished, checked version folder and move it into place (a server polling the repository
     never sees half a version)."""
     final = tmp.with_name(tmp.name[1:].removesuffix(".tmp"))
@@ -97,7 +97,7 @@ def export_embed(
 
     model = NoteLLM.load(notellm_dir / "model").eval()
     model.lm.config._attn_implementation = "eager"  # the exporter traces eager attention
-    folder = _model_folder(repo, "embed", version, {"text": WARMUP_ITEMS[:1]})
+    folder = version_folder(repo, "embed", version, {"text": WARMUP_ITEMS[:1]})
     example = collate([model.prompts.embedding_prompt(i) for i in items[:2]], model.tokenizer.pad_token_id)
     to_onnx(
         NoteEncoderGraph(model),
@@ -130,7 +130,7 @@ def export_embed(
     if fp16:
         to_fp16(folder / runtime.NOTELLM_ONNX, runtime.graph_path(folder, runtime.NOTELLM_ONNX, "fp16"))
         report["fp16"] = check(runtime.NoteEmbedder(folder, "fp16"), parity.FP16_TOLERANCE, "embed fp16")
-    _publish(folder)
+    publish(folder)
     return report
 
 
@@ -158,7 +158,7 @@ def export_rank(
 
     ranker = Ranker.load(ranker_dir)
     encoder = ranker.encoder
-    folder = _model_folder(repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]})
+    folder = version_folder(repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]})
     example = encoder.tokenize(texts[:2])
     to_onnx(
         TextEncoderGraph(encoder.bert),
@@ -209,7 +209,7 @@ def export_rank(
     )
     shutil.move(work, folder / runtime.RANK_ITEMS)
     shutil.move(work.with_suffix(".ids.json"), folder / runtime.RANK_ITEM_IDS)
-    _publish(folder)
+    publish(folder)
     return report
 
 
@@ -225,10 +225,10 @@ def export_index(
     recall against exact search (llmrec.server.item_index); returns index.json's content. Checked as the
     server will check it: an index of another dimension than the repository's embed model is refused."""
     runtime.check_index_matches_embed(int(np.asarray(vectors).shape[-1]), repo)
-    folder = _model_folder(repo, "similar", version)
+    folder = version_folder(repo, "similar", version)
     meta = item_index.write(folder, ids, vectors, spec or item_index.IndexSpec(), log)
     item_index.ItemIndex.load(folder)
-    _publish(folder)
+    publish(folder)
     return meta
 
 

@@ -172,21 +172,37 @@ def embed(
     items: ItemsOpt = None,
     interactions: InterOpt = None,
 ) -> None:
-    """Write L2-normalised NoteLLM vectors for every item; print how spread they are and a few neighbours."""
+    """Write L2-normalised NoteLLM vectors for every item; print how spread they are and a few neighbours.
+
+    The vectors are written batch by batch (bounded memory, a progress bar); an interrupted run picks up at
+    its last finished batch when started again with the same model and catalogue."""
+    import numpy as np
+    import torch
+
     from llmrec.runs import table, write_json
-    from llmrec.training import vector_sanity
+    from llmrec.training import vector_job, vector_sanity
     from llmrec.training.embed_io import save_vectors
     from llmrec.training.encoders import encode_notellm
     from llmrec.training.notellm.model import NoteLLM
 
     run_dir = run_dir or _notellm_dir()
     data, _, _ = _load(items, interactions, 0.1)
+    out = out or run_dir / "item_vectors.npy"
     try:
         model = NoteLLM.load(run_dir / "model")
-        vectors = encode_notellm(model, data.items)
-        path = save_vectors(
-            out or run_dir / "item_vectors.npy", data.items["item_id"].tolist(), vectors.numpy()
+        ids = data.items["item_id"].tolist()
+        key = vector_job.file_digest(*sorted(p for p in (run_dir / "model").rglob("*") if p.is_file()))
+        written = vector_job.run(
+            out if out.suffix == ".npy" else out.with_suffix(".npy"),
+            ids,
+            model.config.emb_dim,
+            lambda start, stop: encode_notellm(model, data.items.iloc[start:stop], progress=False).numpy(),
+            batch=256,
+            key=key,
+            desc="embed notellm",
         )
+        vectors = torch.from_numpy(np.array(written))
+        path = out if out.suffix == ".npy" else save_vectors(out, ids, vectors.numpy())
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     typer.echo(f"wrote {len(vectors)} vectors of {vectors.shape[1]} dims to {path}")

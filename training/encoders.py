@@ -16,25 +16,31 @@ from llmrec.training.notellm.model import NoteLLM
 from llmrec.training.notellm.prompts import collate
 
 
-def _batches(items: pd.DataFrame, batch_size: int, desc: str):
+def _batches(items: pd.DataFrame, batch_size: int, desc: str, progress: bool = True):
     records = items.to_dict("records")
-    for start in tqdm(range(0, len(records), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+    starts = range(0, len(records), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", dynamic_ncols=True) if progress else starts:
         yield records[start : start + batch_size]
 
 
 @torch.no_grad()
 def encode_notellm(
-    model: NoteLLM, items: pd.DataFrame, batch_size: int = 64, project: bool = True, normalize: bool = True
+    model: NoteLLM,
+    items: pd.DataFrame,
+    batch_size: int = 64,
+    project: bool = True,
+    normalize: bool = True,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Note vectors from the category prompt cut after [EMB].
 
     project=False gives the hidden states themselves (the zero-shot form), L2-normalised unless
-    normalize=False.
+    normalize=False. progress=False: no progress bar (a caller that shows its own).
     """
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for chunk in _batches(items, batch_size, "embed notellm" if project else "embed zero-shot"):
+    for chunk in _batches(items, batch_size, "embed notellm" if project else "embed zero-shot", progress):
         batch = collate([model.prompts.embedding_prompt(r) for r in chunk], model.tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"])
