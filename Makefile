@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-precision clean
+.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-scale bench-precision clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -72,6 +72,9 @@ loadtest: setup $(MODEL_REPO)  ## locust ramp + spike and perf_analyzer on the e
 
 bench-serving: setup  ## rank and similar through the server vs in-process (docs/BENCHMARKS.md)
 	$(BIN)/python -m bench.serving
+
+bench-scale: setup $(MODEL_REPO)  ## similar and rank by ids at 10^4..10^6 items: server vs in-process vs exact, recall, load, RSS, hot swap (~15 min)
+	$(BIN)/python -m bench.scale
 
 bench-precision: setup  ## fp16 vs fp32 graphs: neighbours, rankings, time (needs `llmrec export --fp16`)
 	$(BIN)/python -m bench.precision

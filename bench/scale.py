@@ -289,12 +289,13 @@ def main() -> None:
         shutil.rmtree(repo, ignore_errors=True)
         started = time.perf_counter()
         meta = export_index(repo, ids, vectors, 1)
+        export_s = time.perf_counter() - started
         rank_ids = rank_version(repo, args.rank_from, n, seed=n) if args.rank_from else None
         builds.append(
             {
                 "items": n,
                 "kind": meta["kind"],
-                "export_s": round(time.perf_counter() - started, 1),
+                "export_s": round(export_s, 1),
                 "build_s": meta.get("build", {}).get("seconds", ""),
                 "search": json.dumps(meta.get("search", {})),
                 f"recall@{K}": meta.get("recall", {}).get("recall", 1.0),
