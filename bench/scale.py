@@ -332,6 +332,9 @@ def main() -> None:
                     ready_s=round(ready_s, 1),
                     rss_mib=round(rss),
                 )
+            for c in (1, 8) if rank_ids else ():
+                result = rank_served(server, payloads, c, args.requests // 4)
+                record(n, f"rank server c={c}", result, ready_s=round(ready_s, 1), rss_mib=round(rss))
             if n == max(sizes):
                 swap = {"items": n, **hot_swap(server, repo, queries)}
                 print(table([swap]), flush=True)

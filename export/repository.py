@@ -158,7 +158,9 @@ def export_rank(
 
     ranker = Ranker.load(ranker_dir)
     encoder = ranker.encoder
-    folder = version_folder(repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]})
+    folder = version_folder(
+        repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]}
+    )
     example = encoder.tokenize(texts[:2])
     to_onnx(
         TextEncoderGraph(encoder.bert),

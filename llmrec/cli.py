@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -623,19 +624,30 @@ def similar(
 
 @app.command("rank")
 def rank(
-    history: Annotated[list[str], typer.Option(help="A text the user engaged with (repeat the option).")],
-    candidate: Annotated[list[str], typer.Option(help="A candidate text to score (repeat the option).")],
+    history: Annotated[
+        list[str] | None, typer.Option(help="A text the user engaged with (repeat the option).")
+    ] = None,
+    candidate: Annotated[
+        list[str] | None, typer.Option(help="A candidate text to score (repeat the option).")
+    ] = None,
+    history_id: Annotated[
+        list[str] | None, typer.Option(help="A catalogue item id instead of a history text (repeat).")
+    ] = None,
+    candidate_id: Annotated[
+        list[str] | None, typer.Option(help="A catalogue item id instead of a candidate text (repeat).")
+    ] = None,
     url: UrlOpt = "127.0.0.1:8001",
 ) -> None:
-    """Score candidates for a user's history with the served EaaR ranker."""
+    """Score candidates for a user's history with the served EaaR ranker; items as texts or catalogue ids."""
     from llmrec.runs import table
     from llmrec.server.client import ServingError
 
     try:
         with _client(url) as client:
-            scores = client.rank(history, candidate)
+            scores = client.rank(history, candidate, history_ids=history_id, candidate_ids=candidate_id)
     except (ServingError, ValueError) as e:
         raise _fail(e) from None
+    candidate = candidate or candidate_id
     rows = sorted(
         ({"candidate": c, "score": float(s)} for c, s in zip(candidate, scores, strict=True)),
         key=lambda r: -r["score"],
@@ -685,6 +697,9 @@ def loadtest(
     out: Annotated[
         Path | None, typer.Option(help="Default artifacts/loadtest/<scenario>[-no-batching].")
     ] = None,
+    rank_by: Annotated[
+        str, typer.Option(help="rank's items as texts or as catalogue item ids (locust users).")
+    ] = "texts",
 ) -> None:
     """Load test the served models with locust gRPC users and perf_analyzer; table and plots."""
     from llmrec.loadtest.suite import LoadTestFailed, run_suite
@@ -693,6 +708,9 @@ def loadtest(
     chosen = [m for m in models.split(",") if m]
     if unknown := set(chosen) - {"rank", "similar", "embed"}:
         raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from rank, similar, embed"))
+    if rank_by not in ("texts", "ids"):
+        raise _fail(ValueError(f"--rank-by must be texts or ids, got {rank_by!r}"))
+    os.environ["LLMREC_LOAD_RANK_BY"] = rank_by  # read by the locust processes (llmrec.loadtest.locustfile)
     out = out or artifacts_dir() / "loadtest" / (scenario + ("" if batching else "-no-batching"))
     try:
         run_suite(

@@ -3,7 +3,7 @@
     locust -f loadtest/locustfile.py --host 127.0.0.1:8001      (or `llmrec loadtest`, which drives it)
 
 Tasks, weighted 3:5:2 by default (LLMREC_LOAD_TASKS picks others): `rank` (a held-out user's last 10 items and 100 candidates, drawn from the time split's
-test side), `similar` (a random catalogue item, k drawn from 10/20/50/100) and `embed` (one item text).
+test side; as texts, or as item ids with LLMREC_LOAD_RANK_BY=ids), `similar` (a random catalogue item, k drawn from 10/20/50/100) and `embed` (one item text).
 Every call is reported to locust with its gRPC status: a failed call counts as a failure, never hidden.
 
 The shape of the load comes from the environment (set by llmrec.loadtest.runner):
@@ -116,9 +116,20 @@ class ServingUser(User):
         )
 
 
+# LLMREC_LOAD_RANK_BY=ids: `rank` names its items by catalogue id (vectors computed at export) instead of
+# sending their texts.
+RANK_BY = os.environ.get("LLMREC_LOAD_RANK_BY", "texts")
+if RANK_BY not in ("texts", "ids"):
+    raise ValueError(f"LLMREC_LOAD_RANK_BY must be texts or ids, got {RANK_BY!r}")
+
+
 def rank(user: ServingUser):
     u = user.rng.choice(WORKLOAD.users)
-    user._call("rank", lambda: user.client.rank(u["history"], u["candidate_texts"]))
+    if RANK_BY == "ids":
+        call = lambda: user.client.rank(history_ids=u["history_ids"], candidate_ids=u["candidate_ids"])  # noqa: E731
+    else:
+        call = lambda: user.client.rank(u["history"], u["candidate_texts"])  # noqa: E731
+    user._call("rank", call)
 
 
 def similar(user: ServingUser):

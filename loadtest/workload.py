@@ -16,7 +16,7 @@ KS = (10, 20, 50, 100)
 
 @dataclass
 class Workload:
-    users: list[dict]  # {"history": [texts], "candidate_texts": [texts]}
+    users: list[dict]  # {"history": [texts], "candidate_texts": [texts], "history_ids", "candidate_ids"}
     item_ids: list[str]
     texts: list[str]
     ks: list[int]
@@ -41,7 +41,15 @@ class Workload:
         records = items.to_dict("records")
         ks = [k for k in ks if k < len(items)] or [max(1, len(items) // 2)]
         return cls(
-            users=[{"history": u["history"], "candidate_texts": u["candidate_texts"]} for u in users],
+            users=[
+                {
+                    "history": u["history"],
+                    "candidate_texts": u["candidate_texts"],
+                    "history_ids": u["history_ids"],
+                    "candidate_ids": u["candidates"],
+                }
+                for u in users
+            ],
             item_ids=items["item_id"].tolist(),
             texts=[item_text(r) for r in records],
             ks=ks,

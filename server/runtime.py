@@ -20,6 +20,7 @@ import torch
 
 from llmrec.server import ensembles, versions
 from llmrec.server.contract import BadRequest
+from llmrec.server.item_index import ItemIndex  # noqa: F401 (where similar_core's model.py of repositories exported before llmrec.server.item_index imports it from)
 from llmrec.server.tokenizer import ServingTokenizer
 
 NOTELLM_ONNX = "notellm.onnx"

@@ -38,6 +38,7 @@ def user_requests(
             {
                 "user": user,
                 "history": [text[i] for i in past],
+                "history_ids": past,
                 "history_titles": [title[i] for i in past],
                 "candidates": cands,
                 "candidate_texts": [text[i] for i in cands],

@@ -52,6 +52,19 @@ def test_smoke_load_has_no_errors_and_counts_agree(tiny_repo, tmp_path):
     assert (tmp_path / "report.json").is_file() and (tmp_path / "smoke.json").is_file()
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_smoke_load_of_rank_by_item_ids(tiny_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMREC_LOAD_RANK_BY", "ids")  # what `llmrec loadtest --rank-by ids` sets
+    result = run_suite(
+        "smoke", tiny_repo["repo"], tmp_path, ["rank"], duration_s=4, rate=8.0, p99_bound_ms=5000,
+        workload=tiny_workload(tiny_repo["items"]),
+    )  # fmt: skip
+    (row,) = result["rows"]
+    assert row["model"] == "rank" and row["errors"] == 0 and result["count_problems"] == []
+    assert sum(r["requests"] for r in runner_rows(tmp_path)) >= 10
+
+
 def runner_rows(out_dir):
     runs = json.loads((out_dir / "runs.json").read_text())["runs"]
     return [{"requests": v["requests"]} for r in runs for k, v in r["locust"].items() if k != "Aggregated"]
