@@ -249,6 +249,10 @@ def test_similar_serves_a_faiss_index_with_the_answers_of_exact_search(served):
         want_ids, want_scores = exact.search(exact.vectors_of([item]), 5, exclude=[item])
         assert [n.item_id for n in got] == want_ids[0]
         np.testing.assert_allclose([n.score for n in got], want_scores[0], atol=1e-5)
+    query = client.embed(["Movie 3"])[0]  # text and vector queries go through the FAISS index as well
+    by_text, by_vector = client.similar(text="Movie 3", k=5), client.similar(vector=query, k=5)
+    want_ids, _ = exact.search(query[None], 5, exclude=[None])
+    assert [n.item_id for n in by_text] == [n.item_id for n in by_vector] == want_ids[0]
 
 
 def test_launcher_fails_fast_with_the_log(tmp_path):
