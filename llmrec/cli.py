@@ -667,6 +667,19 @@ def health(url: UrlOpt = "127.0.0.1:8001") -> None:
         raise typer.Exit(1)
 
 
+def _cpu_set(spec: str) -> set[int]:
+    """'0', '0,2' or '1-3' -> the CPU numbers, each one this process may run on."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"CPU list {spec!r}: expected numbers and ranges like 0,2-3")
+        cpus |= set(range(int(first), int(last or first) + 1))
+    if missing := cpus - os.sched_getaffinity(0):
+        raise ValueError(f"CPU list {spec!r}: this process cannot run on CPU(s) {sorted(missing)}")
+    return cpus
+
+
 @app.command("loadtest")
 def loadtest(
     scenario: Annotated[
@@ -700,6 +713,13 @@ def loadtest(
     rank_by: Annotated[
         str, typer.Option(help="rank's items as texts or as catalogue item ids (locust users).")
     ] = "texts",
+    server_cpus: Annotated[
+        str | None,
+        typer.Option(help="Pin the server to these CPUs (e.g. 1 or 2-3); with --load-cpus for locust's."),
+    ] = None,
+    load_cpus: Annotated[
+        str | None, typer.Option(help="Pin the load generator to these CPUs (e.g. 0), apart from the server.")
+    ] = None,
 ) -> None:
     """Load test the served models with locust gRPC users and perf_analyzer; table and plots."""
     from llmrec.loadtest.suite import LoadTestFailed, run_suite
@@ -712,10 +732,19 @@ def loadtest(
         raise _fail(ValueError(f"--rank-by must be texts or ids, got {rank_by!r}"))
     os.environ["LLMREC_LOAD_RANK_BY"] = rank_by  # read by the locust processes (llmrec.loadtest.locustfile)
     out = out or artifacts_dir() / "loadtest" / (scenario + ("" if batching else "-no-batching"))
+    cpus = None
+    if server_cpus or load_cpus:
+        if not (server_cpus and load_cpus):
+            raise _fail(ValueError("--server-cpus and --load-cpus go together"))
+        try:
+            cpus = (_cpu_set(server_cpus), _cpu_set(load_cpus))
+        except ValueError as e:
+            raise _fail(e) from None
     try:
         run_suite(
-            scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url
-        )
+            scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url,
+            cpus=cpus,
+        )  # fmt: skip
     except (LoadTestFailed, ServerError, FileNotFoundError, ValueError, RuntimeError) as e:
         raise _fail(e) from None
     typer.echo(f"report: {out}")

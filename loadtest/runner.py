@@ -38,6 +38,7 @@ class Target:
     grpc_url: str
     metrics_url: str
     control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
+    load_cpus: set[int] | None = None  # pin the load generator to these CPUs (apart from the server's)
 
 
 @dataclass
@@ -183,7 +184,10 @@ def locust_run(
         command += ["--csv-full-history"]
     before = metrics.scrape(target.metrics_url)
     started = time.time()
-    _run_locust(command, env, Path(f"{prefix}.json"), log_path, label, duration_s + STOP_TIMEOUT_S + 60)
+    _run_locust(
+        command, env, Path(f"{prefix}.json"), log_path, label, duration_s + STOP_TIMEOUT_S + 60,
+        cpus=target.load_cpus,
+    )  # fmt: skip
     server = metrics.server_split(before, _settled_scrape(target.metrics_url))
     return RunResult(
         label=label,
@@ -201,7 +205,7 @@ EXIT_GRACE_S = 15.0
 
 def _run_locust(
     command: list[str], env: dict, results: Path, log_path: Path, label: str, limit_s: float,
-    grace_s: float = EXIT_GRACE_S,
+    grace_s: float = EXIT_GRACE_S, cpus: set[int] | None = None,
 ):  # fmt: skip
     """Run locust until it exits, or until `limit_s`.
 
@@ -211,7 +215,10 @@ def _run_locust(
     with its log."""
     results.unlink(missing_ok=True)
     with open(log_path.with_suffix(".out"), "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
         deadline, written_at = time.monotonic() + limit_s, None
         while process.poll() is None:
             now = time.monotonic()

@@ -32,19 +32,24 @@ class LoadTestFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def target(repo: Path | None, url: str | None, metrics_url: str | None, batching: bool, out_dir: Path):
-    """Attach to `url` (with its `metrics_url`), or start the embedded server on `repo` on 127.0.0.1."""
+def target(
+    repo: Path | None, url: str | None, metrics_url: str | None, batching: bool, out_dir: Path,
+    cpus: tuple[set[int], set[int]] | None = None,
+):  # fmt: skip
+    """Attach to `url` (with its `metrics_url`), or start the embedded server on `repo` on 127.0.0.1;
+    `cpus` = (the server's, the load generator's) pins each to its own CPUs."""
+    server_cpus, load_cpus = cpus or (None, None)
     if url:
         if not metrics_url:
             raise ValueError("attaching to a server needs its metrics URL too (--metrics-url)")
-        yield runner.Target(url, metrics_url, os.environ.get(CONTROL_KEY_ENV))
+        yield runner.Target(url, metrics_url, os.environ.get(CONTROL_KEY_ENV), load_cpus)
         return
     from llmrec.export.repository import without_batching
     from llmrec.server.launcher import TritonServer
 
     served = repo if batching else without_batching(repo, out_dir / "repo-no-batching")
-    with TritonServer(served, log_path=out_dir / "tritonserver.log") as server:
-        yield runner.Target(server.grpc_url, server.metrics_url, server.control_key)
+    with TritonServer(served, log_path=out_dir / "tritonserver.log", cpus=server_cpus) as server:
+        yield runner.Target(server.grpc_url, server.metrics_url, server.control_key, load_cpus)
 
 
 def counts_agree(run: runner.RunResult) -> list[str]:
@@ -72,6 +77,7 @@ def run_suite(
     metrics_url: str | None = None,
     workload: Workload | None = None,
     concurrency: list[int] | None = None,
+    cpus: tuple[set[int], set[int]] | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     workload = workload or Workload.movielens()
@@ -82,9 +88,10 @@ def run_suite(
         "batching": batching,
         "models": models,
         "p99_bound_ms": {m: p99_bound_ms or DEFAULT_P99_BOUND_MS[m] for m in models},
+        "cpus": {"server": sorted(cpus[0]), "load": sorted(cpus[1])} if cpus else "shared",
     }
     runs: list[runner.RunResult] = []
-    with target(repo, url, metrics_url, batching, out_dir) as where:
+    with target(repo, url, metrics_url, batching, out_dir, cpus) as where:
         if scenario in ("smoke", "steady"):
             tasks = ",".join(models)
             run = runner.locust_run(where, workload_path, out_dir, scenario, tasks, rate or 4.0, duration_s)

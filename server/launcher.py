@@ -114,6 +114,7 @@ class TritonServer:
         control_key: str | None = None,
         tls: tuple[Path, Path] | None = None,
         exit_timeout: int = 5,
+        cpus: set[int] | None = None,
     ):
         if target not in ("cpu", "gpu"):
             raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
@@ -136,6 +137,7 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.control_key = control_key or secrets.token_urlsafe(24)
         self.exit_timeout = exit_timeout
+        self.cpus = set(cpus) if cpus else None  # pin the server (and its python stubs) to these CPUs
         self.shm_prefix = f"llmrec_{os.getpid()}_{self.grpc_port}_"
         self.tmp_dir = self.log_path.parent / f"tmp-{self.grpc_port}"
         self.process: subprocess.Popen | None = None
@@ -214,6 +216,7 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=self.environment(),
                     start_new_session=True,  # its own process group: the python stubs go down with it
+                    preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
                 )
             self.wait_ready()
             self.load_models()

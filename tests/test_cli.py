@@ -1,3 +1,6 @@
+import os
+
+import pytest
 from typer.testing import CliRunner
 
 from llmrec.cli import app
@@ -30,3 +33,16 @@ def test_bad_user_file_is_one_clear_error(tmp_path):
 def test_items_without_interactions_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["data", "stats", "--items", str(tmp_path / "x.jsonl")])
     assert result.exit_code != 0
+
+
+def test_cpu_lists_for_pinning_the_load_test_are_parsed_and_checked():
+    from llmrec.cli import _cpu_set
+
+    mine = sorted(os.sched_getaffinity(0))
+    assert _cpu_set(str(mine[0])) == {mine[0]}
+    if mine == list(range(mine[0], mine[-1] + 1)):  # a range, where this process may use one
+        assert _cpu_set(f"{mine[0]}-{mine[-1]}") == set(mine)
+    with pytest.raises(ValueError, match="expected numbers and ranges"):
+        _cpu_set("one")
+    with pytest.raises(ValueError, match=r"cannot run on CPU\(s\) \[4096\]"):
+        _cpu_set("4096")

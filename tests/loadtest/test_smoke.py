@@ -88,11 +88,18 @@ def test_perf_analyzer_csv_is_parsed(tmp_path):
     assert row["queue_ms"] == 2.0 and row["compute_ms"] == pytest.approx(5.15) and row["p99_ms"] == 12.0
 
 
-def _fake_locust(tmp_path, code: str, limit_s: float):
+def _fake_locust(tmp_path, code: str, limit_s: float, cpus: set[int] | None = None):
     results, log = tmp_path / "x.json", tmp_path / "x.locust.log"
     log.write_text("last words of the fake locust\n")
     command = [sys.executable, "-c", code.format(results=results)]
-    runner._run_locust(command, dict(os.environ), results, log, "x", limit_s=limit_s, grace_s=0.5)
+    runner._run_locust(command, dict(os.environ), results, log, "x", limit_s=limit_s, grace_s=0.5, cpus=cpus)
+
+
+def test_the_load_generator_runs_on_the_cpus_it_is_given(tmp_path):
+    cpus = {max(os.sched_getaffinity(0))}  # `llmrec loadtest --load-cpus`, apart from the server's
+    code = "import json, os; open(r'{results}', 'w').write(json.dumps(sorted(os.sched_getaffinity(0))))"
+    _fake_locust(tmp_path, code, limit_s=30, cpus=cpus)
+    assert json.loads((tmp_path / "x.json").read_text()) == sorted(cpus)
 
 
 def test_a_locust_that_stalls_after_writing_its_results_is_stopped(tmp_path):

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -276,6 +277,17 @@ def group_alive(pgid: int, wait_s: float = 5.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_a_pinned_server_and_its_python_stubs_run_on_the_given_cpus(tiny_repo, tmp_path):
+    # `llmrec loadtest --server-cpus`: the server apart from the load generator's CPUs
+    cpus = {min(os.sched_getaffinity(0))}
+    with TritonServer(tiny_repo["repo"], log_path=tmp_path / "log", cpus=cpus) as server:
+        assert len(RankingClient(server.grpc_url).similar(item_id="2", k=3)) == 3
+        processes = [psutil.Process(server.process.pid)]
+        processes += processes[0].children(recursive=True)
+        assert len(processes) > 3, "tritonserver and its python stubs"
+        assert {p.pid: set(p.cpu_affinity()) for p in processes} == {p.pid: cpus for p in processes}
 
 
 def test_launcher_refuses_a_missing_repository(tmp_path):
