@@ -738,6 +738,8 @@ def loadtest(
             raise _fail(ValueError("--server-cpus and --load-cpus go together"))
         try:
             cpus = (_cpu_set(server_cpus), _cpu_set(load_cpus))
+            if shared := cpus[0] & cpus[1]:
+                raise ValueError(f"--server-cpus and --load-cpus share CPU(s) {sorted(shared)}")
         except ValueError as e:
             raise _fail(e) from None
     try:

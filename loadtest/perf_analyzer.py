@@ -110,9 +110,11 @@ def run(
     window_ms: int = 5000,
     timeout_s: int = 600,
     control_key: str | None = None,
+    cpus: set[int] | None = None,
 ) -> list[dict]:
     """One perf_analyzer call per concurrency level (so a slow level cannot starve the others). It reads
-    the model's config, which the server gives only with its control key (llmrec.server.launcher)."""
+    the model's config, which the server gives only with its control key (llmrec.server.launcher).
+    `cpus` pins it to those CPUs (apart from the server's)."""
     binary = install()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = input_data(model, workload, out_dir / f"{model}-input.json")
@@ -127,7 +129,10 @@ def run(
         ]  # fmt: skip
         if control_key:
             command += ["-H", f"{GRPC_CONTROL_HEADER}:{control_key}"]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout_s,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(
                 f"perf_analyzer failed on {model} at concurrency {c}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"

@@ -163,8 +163,9 @@ def run_suite(
                 levels = concurrency or ([1, 2, 4, 8] if model == "rank" else [1, 2, 4, 8, 16, 32])
                 print(f"perf_analyzer: {model} at concurrency {levels}", flush=True)
                 result["perf_analyzer"][model] = perf_analyzer.run(
-                    model, where.grpc_url, workload, out_dir / "perf", levels, control_key=where.control_key
-                )
+                    model, where.grpc_url, workload, out_dir / "perf", levels, control_key=where.control_key,
+                    cpus=where.load_cpus,
+                )  # fmt: skip
             report.plot_perf(result["perf_analyzer"], out_dir / "perf-throughput-and-split.png")
     result["wall_s"] = round(time.time() - started, 1)
     result["rows"] = report.rows(runs, models)
