@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llmrec.paths import cache_dir
 from llmrec.server.contract import GRPC_CONTROL_HEADER
+from llmrec.server.launcher import pinned_to
 
 WHEEL = "tritonclient==2.50.0"
 MEMBER = "tritonclient-2.50.0.data/data/bin/perf_analyzer"
@@ -131,7 +132,7 @@ def run(
             command += ["-H", f"{GRPC_CONTROL_HEADER}:{control_key}"]
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=timeout_s,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=pinned_to(cpus),
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from llmrec.loadtest import calls
 from llmrec.server import metrics
+from llmrec.server.launcher import pinned_to
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
@@ -217,7 +218,7 @@ def _run_locust(
     with open(log_path.with_suffix(".out"), "w") as out:
         process = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=pinned_to(cpus),
         )  # fmt: skip
         deadline, written_at = time.monotonic() + limit_s, None
         while process.poll() is None:

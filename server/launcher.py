@@ -99,6 +99,13 @@ class ServerError(RuntimeError):
     """tritonserver did not start or died; the message holds the end of its log."""
 
 
+def pinned_to(cpus: set[int] | None):
+    """A `preexec_fn` for subprocess that runs the child (and what it starts) on `cpus`; None for no pin."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class TritonServer:
     def __init__(
         self,
@@ -216,7 +223,7 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=self.environment(),
                     start_new_session=True,  # its own process group: the python stubs go down with it
-                    preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
+                    preexec_fn=pinned_to(self.cpus),
                 )
             self.wait_ready()
             self.load_models()
