@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-scale bench-precision clean
+.PHONY: setup demo test test-deploy stack-build stack-up stack-down test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-scale bench-precision clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -84,6 +84,21 @@ bench-kernels: setup  ## kernel benchmark (needs a CUDA GPU; see docs/BENCHMARKS
 
 test: setup  ## every test that runs without a GPU
 	$(BIN)/python -m pytest
+
+# The compose stack built and run for real with podman (cpu target; deploy/stack.py installs podman as root):
+# images from this checkout, similar/rank/embed from the host, a locust load, Prometheus and every dashboard
+# query checked, torn down also on failure. `.ci/run` runs it after `make test`.
+test-deploy: setup  ## build the images, run the compose stack (cpu target), check it, tear it down (~5 min)
+	LLMREC_TEST_DEPLOY=1 $(BIN)/python -m pytest tests/deploy/test_stack.py -p no:cacheprovider
+
+stack-build: setup  ## the cpu images (podman), reused when unchanged
+	$(BIN)/python deploy/stack.py build
+
+stack-up: setup $(MODEL_REPO)  ## the compose stack (cpu target, podman) on artifacts/model_repo; needs LLMREC_CONTROL_KEY
+	$(BIN)/python deploy/stack.py up
+
+stack-down:  ## remove the compose stack
+	$(BIN)/python deploy/stack.py down
 
 test-fast: setup  ## unit tests only
 	$(BIN)/python -m pytest -m "not slow and not integration"

@@ -11,7 +11,9 @@ LLMREC_LOAD_RATE (requests per second offered, all users together), LLMREC_LOAD_
 LLMREC_LOAD_SHAPE=spike with LLMREC_SPIKE_{BASE,PEAK}_RATE and LLMREC_SPIKE_{WARM,PEAK,TAIL}_S.
 With LLMREC_LOAD_CALL_LOG set, every call is also written there as `t,name,status,ms` (seconds since
 the run started): the overload and soak summaries need the latency of admitted calls apart from the
-refused ones, which locust's percentiles mix.
+refused ones, which locust's percentiles mix. With LLMREC_CLIENT_METRICS_PORT set, the calls' latencies
+(`llmrec_client_request_seconds`, llmrec.server.metrics) are served on that port for Prometheus (the compose
+stack's locust service).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ WORKLOAD: Workload | None = None
 def _load_workload(environment, **_):
     global WORKLOAD
     WORKLOAD = Workload.load()
+    if port := os.environ.get("LLMREC_CLIENT_METRICS_PORT"):
+        from llmrec.server.metrics import expose
+
+        expose(int(port), host="0.0.0.0")
 
 
 @events.quit.add_listener

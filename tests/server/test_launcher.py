@@ -41,3 +41,21 @@ def test_not_ready_until_the_metrics_endpoint_listens(tmp_path, endpoint):
     assert not server.is_ready()
     server.metrics_port = endpoint()
     assert server.is_ready()
+
+
+def test_an_installed_tritonserver_is_used_where_llmrec_tritonserver_home_names_one(tmp_path, monkeypatch):
+    """The serving images run NVIDIA's layout (/opt/tritonserver/{bin,lib,backends}) instead of the wheel's."""
+    from llmrec.server import launcher
+
+    home = tmp_path / "tritonserver"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "tritonserver").write_text("")
+    monkeypatch.setenv(launcher.TRITONSERVER_HOME_ENV, str(home))
+    server = TritonServer(tmp_path)
+    assert server.command()[0] == str(home / "bin" / "tritonserver")
+    assert f"--backend-directory={home / 'backends'}" in server.command()
+    assert server.environment()["LD_LIBRARY_PATH"].split(":")[0] == str(home / "lib")
+
+    monkeypatch.setenv(launcher.TRITONSERVER_HOME_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no bin/tritonserver"):
+        server.command()
