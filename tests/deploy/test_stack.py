@@ -185,3 +185,14 @@ def test_the_images_run_the_project_wheel_of_this_checkout(stack):
         ["podman", "run", "--rm", driver.IMAGES["triton"], "python3", "-c", digest], "podman run"
     )
     assert out.strip() == hashlib.sha256((ROOT / "server" / "launcher.py").read_bytes()).hexdigest()
+
+
+def test_sigterm_stops_the_server_container_cleanly_within_10_s(stack, load_run):
+    """Last: `docker stop` (SIGTERM) to the triton container; `llmrec serve` is PID 1 there."""
+    driver = stack["driver"]
+    [triton] = [c for c in driver.containers() if c["Names"][0] == f"{driver.PROJECT}-triton-1"]
+    started = time.monotonic()
+    driver.run(["podman", "stop", "-t", "15", triton["Id"]], "podman stop triton")
+    took = time.monotonic() - started
+    state = json.loads(driver.run(["podman", "inspect", triton["Id"]], "podman inspect"))[0]["State"]
+    assert took < 10 and state["ExitCode"] == 0, (took, state)
