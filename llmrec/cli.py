@@ -655,6 +655,27 @@ def rank(
     typer.echo(table(rows, ".4f"))
 
 
+@app.command("reload")
+def reload(
+    model: Annotated[str, typer.Argument(help="A public model: embed, similar or rank.")],
+    url: UrlOpt = "127.0.0.1:8001",
+) -> None:
+    """Re-read a model's versions from the repository: its newest version replaces the served one (a
+    version that fails to load leaves the old one serving, and this says why). Needs the control key in
+    LLMREC_CONTROL_KEY."""
+    from llmrec.server import contract
+    from llmrec.server.client import ServingError
+
+    if model not in contract.MODELS:
+        raise _fail(ValueError(f"unknown model {model!r}: expected one of {', '.join(contract.MODELS)}"))
+    try:
+        with _client(url) as client:
+            client.reload(model)
+            typer.echo(f"{model}: reloaded; ready: {client.health()['models'][model]}")
+    except ServingError as e:
+        raise _fail(e) from None
+
+
 @app.command("health")
 def health(url: UrlOpt = "127.0.0.1:8001") -> None:
     """Is the server live and ready, and is each public model ready? Exit status 1 if not."""

@@ -80,6 +80,18 @@ def test_a_client_without_the_key_cannot_load_unload_or_read_configs(server):
     with pytest.raises(ServingError, match="restricted"):
         client.reload("similar")
     RankingClient(server.grpc_url, control_key=server.control_key).reload("similar")
+    # the same from the command line: the key from the environment, a clear error without it
+    from typer.testing import CliRunner
+
+    from llmrec.cli import app
+    from llmrec.server.client import CONTROL_KEY_ENV
+
+    reload = ["reload", "similar", "--url", server.grpc_url]
+    refused = CliRunner().invoke(app, reload, env={CONTROL_KEY_ENV: ""})
+    assert refused.exit_code == 2 and "restricted" in refused.output
+    done = CliRunner().invoke(app, reload, env={CONTROL_KEY_ENV: server.control_key})
+    assert done.exit_code == 0 and "similar: reloaded; ready: True" in done.output, done.output
+    assert CliRunner().invoke(app, ["reload", "simliar"]).exit_code == 2
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
