@@ -58,32 +58,29 @@ class StackError(RuntimeError):
     """A step failed; the message names the step and holds the end of its output."""
 
 
-def step(name: str):
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
     """Print a step's start and wall time (the build takes minutes: a person sees where it is)."""
-
-    @contextlib.contextmanager
-    def timed() -> Iterator[None]:
-        started = time.monotonic()
-        print(f"[stack] {name} ...", flush=True)
-        yield
-        print(f"[stack] {name}: done in {time.monotonic() - started:.1f} s", flush=True)
-
-    return timed()
+    started = time.monotonic()
+    print(f"[stack] {name} ...", flush=True)
+    yield
+    print(f"[stack] {name}: done in {time.monotonic() - started:.1f} s", flush=True)
 
 
-def run(cmd: list[str], what: str, env: dict | None = None, timeout: float = 1800, quiet: bool = True) -> str:
-    """Run a command; on failure raise StackError naming `what` with the end of its output."""
+def run(cmd: list[str], what: str, env: dict | None = None, timeout: float = 1800) -> str:
+    """Run a command and return its stdout; on failure raise StackError naming `what` with the end of its
+    output."""
     result = subprocess.run(
         cmd,
-        capture_output=quiet,
+        capture_output=True,
         text=True,
         env={**os.environ, **podman_env(), **(env or {})},
         timeout=timeout,
     )
     if result.returncode != 0:
-        tail = "\n".join(((result.stdout or "") + (result.stderr or "")).splitlines()[-40:])
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
         raise StackError(f"{what} failed (exit {result.returncode}): {' '.join(cmd[:6])} ...\n{tail}")
-    return result.stdout or ""
+    return result.stdout
 
 
 def podman_env() -> dict[str, str]:
