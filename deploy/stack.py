@@ -225,10 +225,6 @@ def compose_command(*args: str) -> list[str]:
     return [str(compose_binary()), *files, "--project-directory", str(ROOT), "-p", PROJECT, *args]
 
 
-def compose(*args: str, env: dict | None = None, timeout: float = 600) -> str:
-    return run(compose_command(*args), f"docker compose {' '.join(args[:2])}", env=env, timeout=timeout)
-
-
 def start_service() -> None:
     """`podman system service` on SOCKET (detached, its pid in WORK/podman.pid), unless one answers."""
     if SOCKET.exists() and _service_answers():
@@ -316,12 +312,15 @@ def up(
             env={**os.environ, **podman_env(), **env},
         )
         deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise StackError(f"compose up took over {timeout} s\n{logs()}")
+        while True:  # compose waits for `service_healthy`, which only our health-check runs can bring
             run_health_checks()
-            time.sleep(1)
+            try:
+                process.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    raise StackError(f"compose up took over {timeout} s\n{logs()}") from None
         output = process.stdout.read()
         if process.returncode != 0:
             raise StackError(f"compose up failed (exit {process.returncode}):\n{output[-3000:]}\n{logs()}")
