@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-deploy stack-build stack-up stack-down test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-scale bench-precision clean
+.PHONY: setup demo test admission-tools test-deploy stack-build stack-up stack-down test-fast lint format data train-notellm eval-notellm embed train-eaar eval-eaar eval-eaar-sweep export serve serve-demo loadtest bench-kernels bench-serving bench-scale bench-precision clean
 
 setup: $(STAMP)  ## create .venv and install everything, models and data included (offline packages)
 
@@ -82,8 +82,16 @@ bench-precision: setup  ## fp16 vs fp32 graphs: neighbours, rankings, time (need
 bench-kernels: setup  ## kernel benchmark (needs a CUDA GPU; see docs/BENCHMARKS.md)
 	$(BIN)/python -m bench.kernels
 
-test: setup  ## every test that runs without a GPU
+test: setup admission-tools  ## every test that runs without a GPU
 	$(BIN)/python -m pytest
+
+# HAProxy runs the admission proxy (llmrec.server.admission: `llmrec serve|loadtest --max-in-flight`); it is a
+# system package, installed with apt (as root, or through sudo) when it is missing.
+admission-tools:  ## HAProxy for the admission proxy
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends haproxy; }
 
 # The compose stack built and run for real with podman (cpu target; deploy/stack.py installs podman as root):
 # images from this checkout, similar/rank/embed from the host, a locust load, Prometheus and every dashboard

@@ -741,6 +741,18 @@ def loadtest(
     load_cpus: Annotated[
         str | None, typer.Option(help="Pin the load generator to these CPUs (e.g. 0), apart from the server.")
     ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            help="Send the load through the admission proxy (HAProxy) holding this many calls "
+            "at the server; the excess waits (--max-queue) or is refused at once."
+        ),
+    ] = None,
+    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
+    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
+    admission_cpus: Annotated[
+        str | None, typer.Option(help="Pin the admission proxy to these CPUs (default: unpinned).")
+    ] = None,
 ) -> None:
     """Load test the served models with locust gRPC users and perf_analyzer; table and plots."""
     from llmrec.loadtest.suite import LoadTestFailed, run_suite
@@ -763,10 +775,23 @@ def loadtest(
                 raise ValueError(f"--server-cpus and --load-cpus share CPU(s) {sorted(shared)}")
         except ValueError as e:
             raise _fail(e) from None
+    admission = None
+    if max_in_flight is not None:
+        from llmrec.server.admission import Limits
+
+        if url:
+            raise _fail(
+                ValueError("--max-in-flight starts a proxy in front of the embedded server, not of --url")
+            )
+        try:
+            admission = Limits(max_in_flight, max_queue, queue_timeout_ms)
+            proxy_cpus = _cpu_set(admission_cpus) if admission_cpus else None
+        except ValueError as e:
+            raise _fail(e) from None
     try:
         run_suite(
             scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url,
-            cpus=cpus,
+            cpus=cpus, admission=admission, admission_cpus=proxy_cpus if admission else None,
         )  # fmt: skip
     except (LoadTestFailed, ServerError, FileNotFoundError, ValueError, RuntimeError) as e:
         raise _fail(e) from None

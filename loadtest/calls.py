@@ -2,6 +2,7 @@
 overload or soak test is judged by: latency of the admitted (answered) calls apart from the refused ones.
 
     phases(log, {"base": (0, 20), "peak": (20, 50), "after": (50, 80)})   # per phase: calls, OK, refusals, p50/p99
+    per_second(log)                                                         # the same, second by second
     recovery_s(log, peak_end=50, base_p99=...)                              # back to normal after the peak
     drift(log, windows=10)                                                  # p99 per window over a soak
 """
@@ -45,6 +46,32 @@ def phases(calls, spans: dict[str, tuple[float, float]], name: str | None = None
     return {
         phase: _stats([c for c in calls if start <= c[0] < end], end - start)
         for phase, (start, end) in spans.items()
+    }
+
+
+def per_second(calls, name: str | None = None) -> list[dict]:
+    """Offered and answered calls, refusals and the admitted p50/p99 for each whole second of the run."""
+    calls = [c for c in calls if name is None or c[1] == name]
+    if not calls:
+        return []
+    seconds = int(math.ceil(calls[-1][0])) or 1
+    buckets: list[list] = [[] for _ in range(seconds)]
+    for c in calls:
+        buckets[min(int(c[0]), seconds - 1)].append(c)
+    return [
+        {"t": t, **{k: v for k, v in _stats(bucket, 1.0).items() if k != "statuses"}}
+        for t, bucket in enumerate(buckets)
+    ]
+
+
+def summary(calls, duration_s: float) -> dict:
+    """One run's totals in the shape of a locust entry (requests, failures, rps, p50/p95/p99 ms of all calls)."""
+    ms = np.array([c[3] for c in calls]) if calls else np.array([math.nan])
+    return {
+        "requests": len(calls),
+        "failures": sum(c[2] != "OK" for c in calls),
+        "rps": len(calls) / duration_s if duration_s else 0.0,
+        **{f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
     }
 
 

@@ -7,8 +7,8 @@ test side; as texts, or as item ids with LLMREC_LOAD_RANK_BY=ids), `similar` (a 
 Every call is reported to locust with its gRPC status: a failed call counts as a failure, never hidden.
 
 The shape of the load comes from the environment (set by llmrec.loadtest.runner):
-LLMREC_LOAD_RATE (requests per second offered, all users together), LLMREC_LOAD_USERS, and optionally
-LLMREC_LOAD_SHAPE=spike with LLMREC_SPIKE_{BASE,PEAK}_RATE and LLMREC_SPIKE_{WARM,PEAK,TAIL}_S.
+LLMREC_LOAD_RATE (requests per second offered, all users together) and LLMREC_LOAD_USERS (the overload
+spike uses llmrec.loadtest.openloop, which keeps its schedule at rates a one-core locust cannot).
 With LLMREC_LOAD_CALL_LOG set, every call is also written there as `t,name,status,ms` (seconds since
 the run started): the overload and soak summaries need the latency of admitted calls apart from the
 refused ones, which locust's percentiles mix. With LLMREC_CLIENT_METRICS_PORT set, the calls' latencies
@@ -27,7 +27,7 @@ import time
 
 import gevent
 import grpc.experimental.gevent as grpc_gevent
-from locust import LoadTestShape, User, events
+from locust import User, events
 
 grpc_gevent.init_gevent()  # grpc's blocking calls yield to gevent, so one process runs many users
 
@@ -156,24 +156,3 @@ ServingUser.tasks = {
     TASKS[name]: int(weight or WEIGHTS[name])
     for name, _, weight in (part.partition(":") for part in _chosen.split(",") if part)
 }
-
-
-if os.environ.get("LLMREC_LOAD_SHAPE") == "spike":
-
-    class Spike(LoadTestShape):
-        """Base rate, then 3x for a while, then base again: does latency recover after the spike?"""
-
-        base = float(os.environ["LLMREC_SPIKE_BASE_RATE"])
-        peak = float(os.environ["LLMREC_SPIKE_PEAK_RATE"])
-        warm = float(os.environ.get("LLMREC_SPIKE_WARM_S", "20"))
-        hold = float(os.environ.get("LLMREC_SPIKE_PEAK_S", "30"))
-        tail = float(os.environ.get("LLMREC_SPIKE_TAIL_S", "30"))
-
-        def tick(self):
-            t = self.get_run_time()
-            if t > self.warm + self.hold + self.tail:
-                return None
-            rate = self.peak if self.warm <= t < self.warm + self.hold else self.base
-            # Each user offers RATE / USERS req/s: the number of users sets the offered rate.
-            users = max(1, round(rate / (RATE / USERS)))
-            return users, users

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from llmrec.runs import table
@@ -58,19 +57,24 @@ def plot_ramp(runs, model: str, p99_bound_ms: float, path: Path) -> Path:
 
 
 def plot_spike(run, path: Path) -> Path:
+    """Per second: offered, answered and refused calls, and the answered calls' p50/p99."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    h = run.history
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["t"] for r in h], [r["p95"] for r in h], "r-", label="p95 (ms)")
-    ax.set(xlabel="seconds", ylabel="p95 latency (ms)", title=f"spike: {run.tasks}")
-    ax2 = ax.twinx()
-    ax2.plot([r["t"] for r in h], [r["rps"] for r in h], "b-", label="req/s")
-    ax2.set_ylabel("achieved req/s")
-    fig.legend(loc="upper right")
+    rows = run.calls["per_second"]
+    t = [r["t"] for r in rows]
+    fig, (rates, latency) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    rates.plot(t, [r["offered_rps"] for r in rows], "k-", label="offered")
+    rates.plot(t, [r["ok_rps"] for r in rows], "b-", label="answered")
+    rates.plot(t, [r["refused"] for r in rows], "r-", label="refused (UNAVAILABLE)")
+    rates.set(ylabel="calls / s", title=f"spike: {run.tasks}")
+    rates.legend()
+    latency.plot(t, [r["ok_p50_ms"] for r in rows], "b-", label="answered p50")
+    latency.plot(t, [r["ok_p99_ms"] for r in rows], "m-", label="answered p99")
+    latency.set(xlabel="seconds", ylabel="ms", yscale="log")
+    latency.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -106,24 +110,3 @@ def plot_perf(results: dict[str, list[dict]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def recovery_s(run, base_p95: float | None = None) -> float | None:
-    """Seconds after the peak ends until per-second p95 is back within 1.5x of the pre-spike level."""
-    h = [r for r in run.history if not math.isnan(r["p95"])]
-    if not h:
-        return None
-    peak_users = max(r["users"] for r in h)
-    pre = [
-        r["p95"]
-        for r in h
-        if r["users"] < peak_users and r["t"] < next(x["t"] for x in h if x["users"] == peak_users)
-    ]
-    base = base_p95 or (sorted(pre)[len(pre) // 2] if pre else None)
-    end = max(r["t"] for r in h if r["users"] == peak_users)
-    if base is None:
-        return None
-    for r in h:
-        if r["t"] > end and r["p95"] <= 1.5 * base:
-            return float(r["t"] - end)
-    return None

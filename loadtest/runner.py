@@ -6,16 +6,15 @@ Scenarios:
   ramp    steady steps at rising rates until p99 passes the bound, errors appear or the server stops
           keeping up (achieved < 90% of offered); the last passing rate is the saturation point, then
           50% and 80% of it are measured.
-  spike   a base rate, 3x the saturation rate for 30 s, then the base rate again; per-second history
-          shows whether latency recovers, and the per-call log (llmrec.loadtest.calls) gives the
-          admitted calls' latency and the refusals per phase.
+  spike   a base rate, 3x the saturation rate for 30 s, then the base rate again, sent by the open-loop
+          generator (llmrec.loadtest.openloop); the per-call log (llmrec.loadtest.calls) gives the
+          admitted calls' latency and the refusals per phase and per second, and the recovery.
   soak    one rate (70% of saturation by default) for a long time (10 min): errors, and the drift of
           the admitted calls' p99 from the first half of the run to the second.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -50,7 +49,6 @@ class RunResult:
     duration_s: float
     locust: dict[str, dict]  # name -> requests, failures, rps, p50/p95/p99 (ms); "Aggregated" too
     server: dict[str, dict]  # model -> Triton's split over the same window
-    history: list[dict] = field(default_factory=list)  # per-second rows (spike)
     calls: dict = field(default_factory=dict)  # per-call figures (spike, soak: llmrec.loadtest.calls)
 
     def row(self, name: str) -> dict:
@@ -118,31 +116,6 @@ def _entry(requests: int, failures: int, times: dict[int, int], duration_s: floa
     }
 
 
-def _read_history(prefix: Path) -> list[dict]:
-    rows = []
-    path = Path(f"{prefix}_stats_history.csv")
-    if not path.is_file():
-        return rows
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["Name"] != "Aggregated":
-                continue
-            rows.append(
-                {
-                    "t": int(row["Timestamp"]),
-                    "users": int(row["User Count"]),
-                    "rps": float(row["Requests/s"]),
-                    "p95": float(row["95%"]) if row["95%"] not in ("", "N/A") else math.nan,
-                    "failures": int(row["Total Failure Count"]),
-                }
-            )
-    if rows:
-        t0 = rows[0]["t"]
-        for r in rows:
-            r["t"] -= t0
-    return rows
-
-
 CALL_TIMEOUT_S = 30  # a call not answered by then counts as a failure (DEADLINE_EXCEEDED)
 # At the end, calls in flight finish (or time out) and are counted, never killed.
 STOP_TIMEOUT_S = CALL_TIMEOUT_S + 5
@@ -156,8 +129,7 @@ def locust_run(
     tasks: str,
     rate: float,
     duration_s: float,
-    shape_env: dict[str, str] | None = None,
-    steady: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> RunResult:
     """One headless locust process, bounded by `duration_s` (and a hard timeout), against 127.0.0.1 or `target`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +142,7 @@ def locust_run(
         "LLMREC_LOAD_RATE": str(rate),
         "LLMREC_LOAD_USERS": str(users),
         "LLMREC_LOAD_TIMEOUT": str(CALL_TIMEOUT_S),
-        **(shape_env or {}),
+        **(extra_env or {}),
     }
     log_path = out_dir / f"{label}.locust.log"
     command = [
@@ -178,11 +150,8 @@ def locust_run(
         "--host", target.grpc_url, "--csv", str(prefix), "--json-file", str(prefix), "--only-summary",
         "--stop-timeout", str(STOP_TIMEOUT_S), "--exit-code-on-error", "0",
         "--loglevel", "INFO", "--logfile", str(log_path),
+        "-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s",
     ]  # fmt: skip
-    if not shape_env or steady:  # a fixed number of users for a fixed time (extra env: the call log)
-        command += ["-u", str(users), "-r", str(users), "--run-time", f"{int(math.ceil(duration_s))}s"]
-    else:
-        command += ["--csv-full-history"]
     before = metrics.scrape(target.metrics_url)
     started = time.time()
     _run_locust(
@@ -197,7 +166,6 @@ def locust_run(
         duration_s=time.time() - started,
         locust=_read_stats(prefix, duration_s),
         server=server,
-        history=_read_history(prefix) if shape_env and not steady else [],
     )
 
 
@@ -355,29 +323,53 @@ def ramp(
 
 
 def spike(
-    target: Target, workload: Path, out_dir: Path, tasks: str, saturation: float, base_share: float = 0.5,
+    target: Target, workload: Path, out_dir: Path, model: str, saturation: float, base_share: float = 0.5,
     warm_s: float = 20, peak_s: float = 30, tail_s: float = 30,
 ) -> RunResult:  # fmt: skip
+    """The base rate, 3x the saturation rate for `peak_s`, the base rate again, from the open-loop generator
+    (llmrec.loadtest.openloop: at 3x a one-core locust saturates and times its own wait, not the server's)."""
     base, peak = saturation * base_share, saturation * 3
-    shape = {
-        "LLMREC_LOAD_SHAPE": "spike",
-        "LLMREC_SPIKE_BASE_RATE": str(base),
-        "LLMREC_SPIKE_PEAK_RATE": str(peak),
-        "LLMREC_SPIKE_WARM_S": str(warm_s),
-        "LLMREC_SPIKE_PEAK_S": str(peak_s),
-        "LLMREC_SPIKE_TAIL_S": str(tail_s),
-    }
-    label = f"{tasks.replace(',', '+')}-spike"
+    label = f"{model}-spike"
     log = out_dir / f"{label}.calls.csv"
-    shape["LLMREC_LOAD_CALL_LOG"] = str(log)
-    run = locust_run(target, workload, out_dir, label, tasks, base, warm_s + peak_s + tail_s, shape)
+    phases = [(warm_s, base), (peak_s, peak), (tail_s, base)]
+    before = metrics.scrape(target.metrics_url)
+    started = time.time()
+    command = [
+        sys.executable, "-m", "llmrec.loadtest.openloop", "--url", target.grpc_url, "--workload", str(workload),
+        "--model", model, "--phases", ",".join(f"{s}:{r}" for s, r in phases), "--log", str(log),
+        "--timeout", str(CALL_TIMEOUT_S),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
+        timeout=warm_s + peak_s + tail_s + STOP_TIMEOUT_S + 60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"the open-loop generator ({label}) failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        )
+    server = metrics.server_split(before, _settled_scrape(target.metrics_url))
     log_calls = calls.read(log)
+    total = calls.phases(log_calls, {"all": (0.0, warm_s + peak_s + tail_s)})["all"]
     spans = {
         "base": (5.0, warm_s),
         "peak": (warm_s, warm_s + peak_s),
         "after": (warm_s + peak_s, warm_s + peak_s + tail_s),
     }
-    run.calls = {"phases": calls.phases(log_calls, spans), "offered_rps": {"base": base, "peak": peak}}
+    run = RunResult(
+        label=label,
+        tasks=model,
+        offered_rps=base,
+        duration_s=time.time() - started,
+        locust={model: calls.summary(log_calls, warm_s + peak_s + tail_s)},
+        server=server,
+    )
+    run.calls = {
+        "generator": {"open-loop": json.loads(result.stdout.strip().splitlines()[-1])},
+        "phases": calls.phases(log_calls, spans),
+        "offered_rps": {"base": base, "peak": peak},
+        "per_second": calls.per_second(log_calls),
+        "total": total,
+    }
     base_p99 = run.calls["phases"]["base"]["ok_p99_ms"]
     run.calls["recovery_s"] = calls.recovery_s(log_calls, warm_s + peak_s, base_p99)
     return run
@@ -398,7 +390,6 @@ def soak(
         rate,
         duration_s,
         {"LLMREC_LOAD_CALL_LOG": str(log)},
-        steady=True,
     )
     log_calls = calls.read(log)
     run.calls = {

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmrec.loadtest import perf_analyzer, report, runner
 from llmrec.loadtest.workload import Workload
+from llmrec.server.admission import Limits
 from llmrec.server.client import CONTROL_KEY_ENV
 
 DEFAULT_START_RPS = {"rank": 5.0, "similar": 50.0, "embed": 5.0}
@@ -35,9 +36,12 @@ class LoadTestFailed(RuntimeError):
 def target(
     repo: Path | None, url: str | None, metrics_url: str | None, batching: bool, out_dir: Path,
     cpus: tuple[set[int], set[int]] | None = None,
+    admission: Limits | None = None,
+    admission_cpus: set[int] | None = None,
 ):  # fmt: skip
     """Attach to `url` (with its `metrics_url`), or start the embedded server on `repo` on 127.0.0.1;
-    `cpus` = (the server's, the load generator's) pins each to its own CPUs."""
+    `cpus` = (the server's, the load generator's) pins each to its own CPUs. With `admission`, the load goes
+    through the admission proxy (llmrec.server.admission, on `admission_cpus`) in front of the server."""
     server_cpus, load_cpus = cpus or (None, None)
     if url:
         if not metrics_url:
@@ -45,11 +49,21 @@ def target(
         yield runner.Target(url, metrics_url, os.environ.get(CONTROL_KEY_ENV), load_cpus)
         return
     from llmrec.export.repository import without_batching
+    from llmrec.server.admission import AdmissionProxy
     from llmrec.server.launcher import TritonServer
 
     served = repo if batching else without_batching(repo, out_dir / "repo-no-batching")
-    with TritonServer(served, log_path=out_dir / "tritonserver.log", cpus=server_cpus) as server:
-        yield runner.Target(server.grpc_url, server.metrics_url, server.control_key, load_cpus)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            TritonServer(served, log_path=out_dir / "tritonserver.log", cpus=server_cpus)
+        )
+        grpc_url = server.grpc_url
+        if admission:
+            proxy = AdmissionProxy(
+                server.grpc_url, admission, cpus=admission_cpus, log_path=out_dir / "admission.log"
+            )
+            grpc_url = stack.enter_context(proxy).grpc_url
+        yield runner.Target(grpc_url, server.metrics_url, server.control_key, load_cpus)
 
 
 def counts_agree(run: runner.RunResult) -> list[str]:
@@ -78,6 +92,8 @@ def run_suite(
     workload: Workload | None = None,
     concurrency: list[int] | None = None,
     cpus: tuple[set[int], set[int]] | None = None,
+    admission: Limits | None = None,
+    admission_cpus: set[int] | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     workload = workload or Workload.movielens()
@@ -89,9 +105,10 @@ def run_suite(
         "models": models,
         "p99_bound_ms": {m: p99_bound_ms or DEFAULT_P99_BOUND_MS[m] for m in models},
         "cpus": {"server": sorted(cpus[0]), "load": sorted(cpus[1])} if cpus else "shared",
+        "admission": {**vars(admission), "cpus": sorted(admission_cpus or ())} if admission else None,
     }
     runs: list[runner.RunResult] = []
-    with target(repo, url, metrics_url, batching, out_dir, cpus) as where:
+    with target(repo, url, metrics_url, batching, out_dir, cpus, admission, admission_cpus) as where:
         if scenario in ("smoke", "steady"):
             tasks = ",".join(models)
             run = runner.locust_run(where, workload_path, out_dir, scenario, tasks, rate or 4.0, duration_s)
@@ -131,7 +148,7 @@ def run_suite(
                 run = runner.spike(where, workload_path, out_dir, model, saturation)
                 runs.append(run)
                 report.plot_spike(run, out_dir / f"{model}-spike.png")
-                result.setdefault("recovery_s", {})[model] = report.recovery_s(run)
+                result.setdefault("recovery_s", {})[model] = run.calls["recovery_s"]
                 result.setdefault("overload", {})[model] = run.calls
                 phases = [
                     {"phase": k, **{f: v for f, v in row.items() if f != "statuses"}}

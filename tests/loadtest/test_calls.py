@@ -41,6 +41,20 @@ def test_recovery_is_the_first_clean_second_after_the_peak(tmp_path):
     assert calls.recovery_s(log, peak_end=20, base_p99=1.0) is None
 
 
+def test_per_second_rows_and_the_summary(tmp_path):
+    rows = [(t * 0.25, "similar", "OK", 4.0) for t in range(8)]  # seconds 0-1: 4 calls each
+    rows += [
+        (2 + t * 0.1, "similar", "UNAVAILABLE" if t % 2 else "OK", 1.0 if t % 2 else 9.0) for t in range(10)
+    ]
+    log = write(tmp_path / "calls.csv", rows)
+    seconds = calls.per_second(log)
+    assert [r["t"] for r in seconds] == [0, 1, 2]
+    assert [(r["offered_rps"], r["ok"], r["refused"]) for r in seconds] == [(4, 4, 0), (4, 4, 0), (10, 5, 5)]
+    assert seconds[2]["ok_p99_ms"] == 9.0
+    total = calls.summary(log, 3.0)
+    assert (total["requests"], total["failures"]) == (18, 5) and total["rps"] == 6.0
+
+
 def test_drift_compares_the_second_half_with_the_first(tmp_path):
     rows = [(t, "rank", "OK", 10.0 if t < 50 else 12.0) for t in range(100)]
     got = calls.drift(write(tmp_path / "calls.csv", rows), windows=4)

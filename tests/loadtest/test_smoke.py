@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrec.loadtest import perf_analyzer, runner
-from llmrec.loadtest.suite import counts_agree, run_suite
+from llmrec.loadtest import openloop, perf_analyzer, report, runner
+from llmrec.loadtest.suite import counts_agree, run_suite, target
 from llmrec.loadtest.workload import Workload
+from llmrec.server.admission import Limits
 
 
 def tiny_workload(items: pd.DataFrame) -> Workload:
@@ -63,6 +64,33 @@ def test_smoke_load_of_rank_by_item_ids(tiny_repo, tmp_path, monkeypatch):
     (row,) = result["rows"]
     assert row["model"] == "rank" and row["errors"] == 0 and result["count_problems"] == []
     assert sum(r["requests"] for r in runner_rows(tmp_path)) >= 10
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(tiny_repo, tmp_path):
+    """`llmrec loadtest --scenario spike --max-in-flight 2`, shortened: every scheduled call is sent and
+    accounted for, only refusals (UNAVAILABLE) may fail, and the per-second figures and plot come out."""
+    workload = tiny_workload(tiny_repo["items"]).save(tmp_path / "workload.json")
+    limits = Limits(max_in_flight=2, max_queue=2, queue_timeout_ms=5)
+    with target(tiny_repo["repo"], None, None, True, tmp_path, admission=limits) as where:
+        run = runner.spike(where, workload, tmp_path, "similar", 20.0, warm_s=6, peak_s=4, tail_s=4)
+    total = run.calls["total"]
+    assert total["calls"] == 6 * 10 + 4 * 60 + 4 * 10, "open loop: every scheduled call leaves"
+    assert total["other_errors"] == 0 and total["ok"] + total["refused"] == total["calls"]
+    assert run.calls["phases"]["base"]["ok"] > 0 and run.calls["phases"]["after"]["ok"] > 0
+    assert len(run.calls["per_second"]) == 14
+    assert run.locust["similar"]["requests"] == total["calls"]
+    assert report.plot_spike(run, tmp_path / "spike.png").stat().st_size > 0
+
+
+def test_open_loop_phases_and_schedule():
+    assert openloop.parse_phases("2:5,1:20") == [(2.0, 5.0), (1.0, 20.0)]
+    times = openloop.schedule([(2.0, 5.0), (1.0, 20.0)])
+    assert len(times) == 30 and times[:2] == [0.0, 0.2] and times[10] == 2.0 and times[-1] == 2.95
+    for bad in ("2", "x:1", "0:5", "2:-1"):
+        with pytest.raises(ValueError, match="phase"):
+            openloop.parse_phases(bad)
 
 
 def runner_rows(out_dir):

@@ -1,0 +1,151 @@
+"""An open-loop load generator for overload runs: calls leave on a fixed schedule whatever the answers.
+
+    python -m llmrec.loadtest.openloop --url 127.0.0.1:8001 --workload workload.json --model similar \
+        --phases 20:186,30:1116,30:186 --log calls.csv
+
+Locust's users run the project's client in gevent greenlets, about 1 ms of CPU a call. At 3x the
+saturation rate a one-core locust saturates, offers less than asked, and every answer waits for its own
+process before it is timed: in the spike runs of 2026-12-02 the answered calls' p50 was ~400 ms although the
+admission proxy held at most 16 calls at the server. Here the requests are serialised once, sent from one
+asyncio loop over a few HTTP/2 channels (grpc.aio) and timed on completion, a small fraction of that CPU per
+call, so that the figures describe the server.
+
+Each phase `seconds:rate` sends evenly spaced calls (as the locust users do); a call not answered within
+`--timeout` counts as DEADLINE_EXCEEDED. Every call is written to `--log` as `t,name,status,ms` (seconds
+from the start), the format llmrec.loadtest.calls reads; a JSON summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import time
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import InferRequestedOutput, _utils, service_pb2_grpc
+
+from llmrec.loadtest.workload import Workload
+from llmrec.server import client as requests_for
+
+MODELS = ("similar", "rank", "embed")
+
+
+def requests(workload: Workload, model: str, count: int = 500, seed: int = 0) -> list:
+    """`count` serialised ModelInferRequests for `model`, drawn from the workload as the locust tasks draw."""
+    rng = random.Random(seed)
+    built = []
+    for _ in range(count):
+        if model == "similar":
+            name, inputs, outputs = requests_for.similar_request(
+                rng.choice(workload.item_ids), None, rng.choice(workload.ks)
+            )
+        elif model == "rank":
+            u = rng.choice(workload.users)
+            name, inputs, outputs = requests_for.rank_request(
+                history_ids=u["history_ids"], candidate_ids=u["candidate_ids"]
+            )
+        elif model == "embed":
+            name, inputs, outputs = requests_for.embed_request([rng.choice(workload.texts)])
+        else:
+            raise ValueError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
+        request = _utils._get_inference_request(
+            model_name=name, inputs=inputs, model_version="", request_id="",
+            outputs=[InferRequestedOutput(o) for o in outputs], sequence_id=0, sequence_start=False,
+            sequence_end=False, priority=0, timeout=None, parameters=None,
+        )  # fmt: skip
+        built.append(request)
+    return built
+
+
+def parse_phases(spec: str) -> list[tuple[float, float]]:
+    """'20:186,30:1116' -> [(20.0, 186.0), (30.0, 1116.0)]: seconds and req/s per phase."""
+    phases = []
+    for part in spec.split(","):
+        seconds, _, rate = part.partition(":")
+        try:
+            phase = (float(seconds), float(rate))
+        except ValueError:
+            raise ValueError(f"phase {part!r}: expected seconds:rate, e.g. 30:100") from None
+        if phase[0] <= 0 or phase[1] <= 0:
+            raise ValueError(f"phase {part!r}: seconds and rate must be positive")
+        phases.append(phase)
+    return phases
+
+
+def schedule(phases: list[tuple[float, float]]) -> list[float]:
+    """Send times (s from the start): evenly spaced within each phase."""
+    times, start = [], 0.0
+    for seconds, rate in phases:
+        n = int(round(seconds * rate))
+        times += [start + i / rate for i in range(n)]
+        start += seconds
+    return times
+
+
+async def run(
+    url: str, model: str, built: list, phases: list[tuple[float, float]], log_path: Path,
+    timeout_s: float = 30.0, channels: int = 4,
+) -> dict:  # fmt: skip
+    opened = [grpc.aio.insecure_channel(url) for _ in range(channels)]
+    stubs = itertools.cycle([service_pb2_grpc.GRPCInferenceServiceStub(c) for c in opened])
+    rows: list[tuple[float, str, float]] = []
+    pending: set[asyncio.Task] = set()
+    late = 0
+
+    async def call(stub, request, sent_at: float) -> None:
+        try:
+            await stub.ModelInfer(request, timeout=timeout_s)
+            status = "OK"
+        except grpc.aio.AioRpcError as e:
+            status = e.code().name
+        rows.append((sent_at, status, (time.perf_counter() - sent_at) * 1e3))
+
+    start = time.perf_counter()
+    for at, request in zip(schedule(phases), itertools.cycle(built)):
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.01:
+            late += 1  # the generator fell behind its schedule by more than 10 ms
+        task = asyncio.ensure_future(call(next(stubs), request, time.perf_counter()))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending)
+    for c in opened:
+        await c.close()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as f:
+        for sent_at, status, ms in sorted(rows):
+            f.write(f"{sent_at - start:.3f},{model},{status},{ms:.3f}\n")
+    statuses: dict[str, int] = {}
+    for _, status, _ in rows:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"calls": len(rows), "statuses": statuses, "late": late}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--workload", type=Path, required=True)
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--phases", required=True, help="seconds:rate per phase, comma-separated")
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--channels", type=int, default=4)
+    args = parser.parse_args(argv)
+    built = requests(Workload.load(args.workload), args.model)
+    summary = asyncio.run(
+        run(args.url, args.model, built, parse_phases(args.phases), args.log, args.timeout, args.channels)
+    )
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

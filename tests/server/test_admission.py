@@ -1,0 +1,100 @@
+"""The admission proxy (HAProxy) in front of the real tritonserver on the tiny exported models: calls pass
+through with their control key, the excess over the in-flight bound and the queue is refused at once with
+UNAVAILABLE naming the proxy, a dead server is named too, and the project's client retries a refusal."""
+
+import asyncio
+import shutil
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from llmrec.server import admission
+from llmrec.server.admission import AdmissionProxy, Limits
+from llmrec.server.client import RankingClient, ServingError
+from llmrec.server.contract import GRPC_CONTROL_HEADER
+from llmrec.server.launcher import TritonServer, free_port
+
+
+def test_limits_name_what_is_wrong():
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+        Limits(max_in_flight=0)
+    with pytest.raises(ValueError, match="max_queue must be 0 or more"):
+        Limits(max_queue=-1)
+
+
+def test_a_missing_haproxy_says_how_to_install_it(monkeypatch):
+    monkeypatch.setenv(admission.HAPROXY_ENV, "/nonexistent/haproxy")
+    with pytest.raises(FileNotFoundError, match="make admission-tools"):
+        AdmissionProxy("127.0.0.1:1").start()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("admission") / "repo"
+    shutil.copytree(tiny_repo["repo"], repo)
+    with TritonServer(repo, log_path=repo.parent / "tritonserver.log") as server:
+        yield server
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_calls_and_the_control_key_pass_through_the_proxy(server, tmp_path):
+    with AdmissionProxy(server.grpc_url, Limits(max_in_flight=2), log_path=tmp_path / "proxy.log") as proxy:
+        client = RankingClient(proxy.grpc_url, control_key=server.control_key)
+        assert all(client.health()["models"].values())
+        assert client.similar(item_id="3", k=2)
+        assert len(client.rank(history=["a film"], candidates=["b film", "c film"])) == 2
+        raw = grpcclient.InferenceServerClient(proxy.grpc_url)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            raw.get_model_config("similar")
+        assert raw.get_model_config("similar", headers={GRPC_CONTROL_HEADER: server.control_key}).config.name
+        scraped = urllib.request.urlopen(proxy.metrics_url, timeout=5).read().decode()
+        assert "haproxy_backend_current_queue" in scraped
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_excess_is_refused_at_once_with_unavailable_and_the_server_keeps_serving(server, tmp_path):
+    """One call at the server, none waiting: of 48 concurrent calls by text some are answered, every other
+    one is refused by the proxy (UNAVAILABLE, its message), nothing else fails."""
+    limits = Limits(max_in_flight=1, max_queue=0)
+    with AdmissionProxy(server.grpc_url, limits, log_path=tmp_path / "proxy.log") as proxy:
+
+        async def one(client, i: int) -> str:
+            text = grpcaio.InferInput("TEXT", [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[f"a film about {i}".encode()]], dtype=object))
+            k = grpcaio.InferInput("K", [1, 1], "INT32")
+            k.set_data_from_numpy(np.array([[5]], dtype="int32"))
+            try:
+                await client.infer("similar", [text, k])
+                return "ok"
+            except InferenceServerException as e:
+                return f"{e.status()}|{e.message()}"
+
+        async def burst() -> list[str]:
+            async with grpcaio.InferenceServerClient(proxy.grpc_url) as client:
+                return await asyncio.gather(*(one(client, i) for i in range(48)))
+
+        results = asyncio.run(burst())
+        refused = [r for r in results if r != "ok"]
+        assert results.count("ok") >= 1
+        assert refused, "48 concurrent calls against one slot and no queue: some must be refused"
+        for r in refused:
+            status, message = r.split("|", 1)
+            assert status == "StatusCode.UNAVAILABLE", r
+            assert message.startswith(admission.REFUSAL_PREFIX), r
+        # the project's client retries a refusal with backoff; the server answers as before
+        assert RankingClient(proxy.grpc_url).similar(text="a film", k=3)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_dead_server_behind_the_proxy_is_named(tmp_path):
+    with AdmissionProxy(f"127.0.0.1:{free_port()}", log_path=tmp_path / "proxy.log") as proxy:
+        with pytest.raises(ServingError, match="no server slot") as failed:
+            RankingClient(proxy.grpc_url, retries=0, timeout=10).similar(item_id="3", k=2)
+        assert "UNAVAILABLE" in str(failed.value)
