@@ -512,6 +512,15 @@ def serve(
         typer.Option(help="PEM certificate: gRPC runs TLS (HTTP then listens on 127.0.0.1 only)."),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve gRPC through the admission proxy (HAProxy): this many calls at the server at once, "
+            "--max-queue more may wait --queue-timeout-ms, the rest are refused at once (UNAVAILABLE)."
+        ),
+    ] = None,
+    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
+    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 5,
 ) -> None:
     """Run the embedded tritonserver on the model repository until Ctrl-C or SIGTERM.
 
@@ -520,11 +529,22 @@ def serve(
     import os
     import signal
 
+    from llmrec.server.admission import AdmissionProxy, Limits
     from llmrec.server.client import CONTROL_KEY_ENV
-    from llmrec.server.launcher import ServerError, TritonServer
+    from llmrec.server.launcher import ServerError, TritonServer, free_port
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail(ValueError("give both --tls-cert and --tls-key, or neither"))
+    limits = proxy = None
+    if max_in_flight is not None:
+        if tls_cert:
+            raise _fail(
+                ValueError("--max-in-flight with TLS is not supported yet: the proxy speaks plain gRPC")
+            )
+        try:
+            limits = Limits(max_in_flight, max_queue, queue_timeout_ms)
+        except ValueError as e:
+            raise _fail(e) from None
 
     def interrupt(signum, frame):  # SIGTERM stops like Ctrl-C, also while the server is starting
         raise KeyboardInterrupt
@@ -537,11 +557,12 @@ def serve(
             _repo(repo),
             host,
             http_port,
-            grpc_port,
+            grpc_port if limits is None else free_port(),
             metrics_port,
             target=target,
             control_key=key,
             tls=(tls_cert, tls_key) if tls_cert else None,
+            grpc_host=None if limits is None else "127.0.0.1",  # behind the proxy, Triton's gRPC stays local
         )
         if key is None:
             key_file = artifacts_dir() / "server" / "control.key"
@@ -550,17 +571,33 @@ def serve(
             key_file.chmod(0o600)
             key_file.write_text(server.control_key)
         server.start()
+        grpc_url = server.grpc_url
+        if limits is not None:
+            proxy = AdmissionProxy(server.grpc_url, limits, host=host, port=grpc_port).start()
+            grpc_url = (
+                f"{proxy.grpc_url} (admission proxy: {proxy.limits.max_in_flight} in flight, "
+                f"queue {proxy.limits.max_queue}; its metrics {proxy.metrics_url})"
+            )
         for line in server.report():
             typer.echo(line)
         typer.echo(
-            f"serving {server.repo}: gRPC {server.grpc_url}{' (TLS)' if server.tls else ''}, "
+            f"serving {server.repo}: gRPC {grpc_url}{' (TLS)' if server.tls else ''}, "
             f"HTTP {server.http_url}, metrics {server.metrics_url}"
         )
         where = f"${CONTROL_KEY_ENV}" if key else f"{key_file} (or set ${CONTROL_KEY_ENV})"
         typer.echo(f"control key: {where}; log: {server.log_path}; Ctrl-C or SIGTERM stops")
-        status = server.process.wait()
+        while server.process.poll() is None and (proxy is None or proxy.process.poll() is None):
+            time.sleep(0.5)
+        if server.process.poll() is None:  # the proxy went: the service is unreachable, stop the rest
+            typer.secho(
+                f"the admission proxy exited on its own with status {proxy.process.returncode} "
+                f"(log: {proxy.log_path})",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1)
         typer.secho(
-            f"tritonserver exited on its own with status {status} (log: {server.log_path}):\n"
+            f"tritonserver exited on its own with status {server.process.returncode} (log: {server.log_path}):\n"
             f"{server.log_tail(20)}",
             fg="red",
             err=True,
@@ -571,6 +608,8 @@ def serve(
     except (ServerError, FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     finally:
+        if proxy is not None:
+            proxy.stop()
         if server is not None:
             server.stop()
 
@@ -749,7 +788,7 @@ def loadtest(
         ),
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
-    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
+    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 5,
     admission_cpus: Annotated[
         str | None, typer.Option(help="Pin the admission proxy to these CPUs (default: unpinned).")
     ] = None,

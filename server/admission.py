@@ -40,9 +40,11 @@ REFUSAL_PREFIX = "llmrec admission:"
 class Limits:
     """How many calls the server holds at once, how many more may wait, and for how long."""
 
-    max_in_flight: int = 8
+    # Defaults from the 3x spike on `similar` (2-core box, docs/BENCHMARKS.md): 3-4 calls at the server keep
+    # its batches full and the admitted latency near the unloaded one; a short queue absorbs bursts.
+    max_in_flight: int = 4
     max_queue: int = 8
-    queue_timeout_ms: int = 50
+    queue_timeout_ms: int = 5
     call_timeout_s: int = 60
 
     def __post_init__(self):

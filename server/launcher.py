@@ -148,6 +148,7 @@ class TritonServer:
         tls: tuple[Path, Path] | None = None,
         exit_timeout: int = 5,
         cpus: set[int] | None = None,
+        grpc_host: str | None = None,
     ):
         if target not in ("cpu", "gpu"):
             raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
@@ -161,6 +162,7 @@ class TritonServer:
             if not path.is_file():
                 raise FileNotFoundError(f"TLS file {path} does not exist")
         self.http_host = "127.0.0.1" if self.tls else host
+        self.grpc_host = grpc_host or host  # 127.0.0.1 behind the admission proxy (llmrec.server.admission)
         ports = iter(free_ports(3, host))
         self.http_port = http_port or next(ports)
         self.grpc_port = grpc_port or next(ports)
@@ -181,7 +183,7 @@ class TritonServer:
     # --- addresses -------------------------------------------------------------------------------
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self.grpc_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
@@ -210,7 +212,7 @@ class TritonServer:
             "--model-control-mode=explicit",  # the launcher loads each model (load_models)
             f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}",
+            f"--grpc-address={self.grpc_host}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",

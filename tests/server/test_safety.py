@@ -281,10 +281,10 @@ def test_a_seeded_fuzz_run_crashes_nothing_and_fails_no_valid_request(repo, tmp_
 
 
 # --- shutdown ----------------------------------------------------------------------------------
-def serve(repo: Path, artifacts: Path) -> tuple[subprocess.Popen, list[int]]:
+def serve(repo: Path, artifacts: Path, *extra: str) -> tuple[subprocess.Popen, list[int]]:
     http, grpc, metrics = free_ports(3)
     command = [sys.executable, "-c", "from llmrec.cli import app; app()", "serve", "--repo", str(repo),
-               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]  # fmt: skip
     env = {**os.environ, "LLMREC_ARTIFACTS": str(artifacts)}
     # A shell that starts jobs in the background (nohup, `&`) ignores SIGINT, and children inherit that: give
     # the server the default disposition so that SIGINT means Ctrl-C here however the tests were launched.
@@ -374,6 +374,25 @@ def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, si
         assert process.wait(timeout=10) == 0
         assert time.monotonic() - started < 10
         assert_clean(process, children, tmp_path, grpc_port)
+    finally:
+        process.kill()
+
+
+def test_serve_behind_the_admission_proxy_answers_on_its_port_and_stops_clean(repo, tmp_path):
+    """`llmrec serve --max-in-flight 2`: HAProxy holds the public gRPC port, Triton's own listens on
+    127.0.0.1 elsewhere; SIGTERM stops both within seconds."""
+    process, (_, grpc_port, _) = serve(repo, tmp_path, "--max-in-flight", "2")
+    try:
+        children = wait_serving(process)
+        assert {"haproxy", "tritonserver"} <= {p.name() for p in children}
+        client = RankingClient(f"127.0.0.1:{grpc_port}", control_key=None)
+        assert client.similar(item_id="3", k=2) and all(client.health()["models"].values())
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        wait_for(lambda: gone(children), 5, "the proxy and the server to go")
+        assert not list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), "shared memory left behind"
     finally:
         process.kill()
 
