@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -29,27 +30,31 @@ import grpc
 from tritonclient.grpc import InferRequestedOutput, _utils, service_pb2_grpc
 
 from llmrec.loadtest.workload import Workload
-from llmrec.server import client as requests_for
+from llmrec.server.client import embed_request, rank_request, similar_request
 
 MODELS = ("similar", "rank", "embed")
 
 
-def requests(workload: Workload, model: str, count: int = 500, seed: int = 0) -> list:
-    """`count` serialised ModelInferRequests for `model`, drawn from the workload as the locust tasks draw."""
+def requests(workload: Workload, model: str, count: int = 500, seed: int = 0, rank_by: str = "texts") -> list:
+    """`count` serialised ModelInferRequests for `model`, drawn from the workload as the locust tasks draw
+    (rank's items as texts or as catalogue ids, as LLMREC_LOAD_RANK_BY says for locust)."""
     rng = random.Random(seed)
     built = []
     for _ in range(count):
         if model == "similar":
-            name, inputs, outputs = requests_for.similar_request(
+            name, inputs, outputs = similar_request(
                 rng.choice(workload.item_ids), None, rng.choice(workload.ks)
             )
         elif model == "rank":
             u = rng.choice(workload.users)
-            name, inputs, outputs = requests_for.rank_request(
-                history_ids=u["history_ids"], candidate_ids=u["candidate_ids"]
-            )
+            if rank_by == "ids":
+                name, inputs, outputs = rank_request(
+                    history_ids=u["history_ids"], candidate_ids=u["candidate_ids"]
+                )
+            else:
+                name, inputs, outputs = rank_request(u["history"], u["candidate_texts"])
         elif model == "embed":
-            name, inputs, outputs = requests_for.embed_request([rng.choice(workload.texts)])
+            name, inputs, outputs = embed_request([rng.choice(workload.texts)])
         else:
             raise ValueError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
         request = _utils._get_inference_request(
@@ -140,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--channels", type=int, default=4)
     args = parser.parse_args(argv)
-    built = requests(Workload.load(args.workload), args.model)
+    built = requests(
+        Workload.load(args.workload), args.model, rank_by=os.environ.get("LLMREC_LOAD_RANK_BY", "texts")
+    )
     summary = asyncio.run(
         run(args.url, args.model, built, parse_phases(args.phases), args.log, args.timeout, args.channels)
     )

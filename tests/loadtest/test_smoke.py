@@ -16,6 +16,7 @@ from llmrec.loadtest import openloop, perf_analyzer, report, runner
 from llmrec.loadtest.suite import counts_agree, run_suite, target
 from llmrec.loadtest.workload import Workload
 from llmrec.server.admission import Limits
+from tests.conftest import make_items
 
 
 def tiny_workload(items: pd.DataFrame) -> Workload:
@@ -82,6 +83,15 @@ def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(
     assert len(run.calls["per_second"]) == 14
     assert run.locust["similar"]["requests"] == total["calls"]
     assert report.plot_spike(run, tmp_path / "spike.png").stat().st_size > 0
+
+
+def test_open_loop_requests_for_every_model():
+    workload = tiny_workload(make_items(24))
+    for model in openloop.MODELS:
+        built = openloop.requests(workload, model, count=3)
+        assert len(built) == 3 and built[0].model_name == model and built[0].raw_input_contents
+    by_ids = openloop.requests(workload, "rank", count=1, rank_by="ids")[0]
+    assert {i.name for i in by_ids.inputs} == {"HISTORY_IDS", "CANDIDATE_IDS"}
 
 
 def test_open_loop_phases_and_schedule():
