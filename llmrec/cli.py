@@ -521,6 +521,9 @@ def serve(
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
     queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 5,
+    admission_metrics_port: Annotated[
+        int, typer.Option(help="The admission proxy's Prometheus metrics port (with --max-in-flight).")
+    ] = 8003,
 ) -> None:
     """Run the embedded tritonserver on the model repository until Ctrl-C or SIGTERM.
 
@@ -573,7 +576,9 @@ def serve(
         server.start()
         grpc_url = server.grpc_url
         if limits is not None:
-            proxy = AdmissionProxy(server.grpc_url, limits, host=host, port=grpc_port).start()
+            proxy = AdmissionProxy(
+                server.grpc_url, limits, host=host, port=grpc_port, metrics_port=admission_metrics_port
+            ).start()
             grpc_url = (
                 f"{proxy.grpc_url} (admission proxy: {proxy.limits.max_in_flight} in flight, "
                 f"queue {proxy.limits.max_queue}; its metrics {proxy.metrics_url})"

@@ -126,7 +126,7 @@ def test_the_cpu_target_differs_from_the_gpu_only_in_images_and_gpu_settings(con
 def test_prometheus_scrapes_triton_and_the_client():
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
-    assert {"triton:8002", "locust:9646"} <= targets
+    assert {"triton:8002", "triton:8003", "locust:9646"} <= targets
 
 
 def dashboard_metrics() -> set[str]:

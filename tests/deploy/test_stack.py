@@ -2,7 +2,8 @@
 
 The images are built from this checkout, the stack runs the tiny exported models, and from the host the
 project's gRPC client calls similar, rank and embed; the control API refuses a caller without the key; the
-locust service runs a short load; Prometheus (in the stack) must have scraped Triton and the client metrics,
+locust service runs a short load through the admission proxy; Prometheus (in the stack) must have scraped
+Triton, the proxy and the client metrics,
 and every PromQL query of the provisioned Grafana dashboard must return data. The stack is torn down also on
 failure, after its logs are printed.
 
@@ -168,6 +169,10 @@ def test_prometheus_scraped_triton_and_the_client(load_run):
     assert _query('up{job="llmrec-client"}', at)[0]["value"][1] == "1"
     calls = _query('sum(llmrec_client_request_seconds_count{status="OK"})', at)
     assert calls and float(calls[0]["value"][1]) > 0, "no client calls scraped"
+    # the load went through the admission proxy in front of Triton's gRPC port
+    assert _query('up{job="admission"}', at)[0]["value"][1] == "1"
+    passed = _query('sum(haproxy_backend_http_requests_total{proxy="triton"})', at)
+    assert passed and float(passed[0]["value"][1]) > 0, "no call went through the admission proxy"
 
 
 def test_every_dashboard_query_returns_data(load_run):
