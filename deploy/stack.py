@@ -88,17 +88,28 @@ def podman_env() -> dict[str, str]:
 
 
 # --- 1. tools --------------------------------------------------------------------------------------
+# Debian packages the driver needs, and how to tell each is there. The compose network resolves service names
+# (triton, prometheus, locust) through CNI's dnsname plugin, which podman 4.3 (Debian 12) neither depends on
+# nor recommends: without it every container fails "address lookup failed for triton".
+PACKAGES = {
+    "podman": lambda: shutil.which("podman"),
+    "runc": lambda: shutil.which("runc"),
+    "debootstrap": lambda: shutil.which("debootstrap"),
+    "golang-github-containernetworking-plugin-dnsname": lambda: Path("/usr/lib/cni/dnsname").is_file(),
+}
+
+
 def ensure_tools() -> None:
-    missing = [t for t in ("podman", "runc", "debootstrap") if shutil.which(t) is None]
+    missing = [name for name, present in PACKAGES.items() if not present()]
     if not missing:
         return
     if os.geteuid() != 0:
-        raise StackError(f"{', '.join(missing)} missing: install podman, runc and debootstrap (needs root)")
+        raise StackError(f"{', '.join(missing)} missing: install them with apt-get (needs root)")
     with step(f"apt-get install {' '.join(missing)}"):
         run(["apt-get", "update", "-qq"], "apt-get update")
         run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "podman", "runc", "debootstrap"],
-            "apt-get install podman",
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            "apt-get install " + " ".join(missing),
             env={"DEBIAN_FRONTEND": "noninteractive"},
         )
 

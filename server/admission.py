@@ -160,7 +160,7 @@ class AdmissionProxy:
         self.stop()
         raise ServerError(f"HAProxy did not listen on {self.grpc_url} within {self.startup_timeout:.0f} s")
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """SIGUSR1 (soft stop: finish the calls in flight, accept no new ones), then SIGKILL after `timeout`."""
         if self.process is None or self.process.poll() is not None:
             return
