@@ -98,3 +98,16 @@ def test_a_dead_server_behind_the_proxy_is_named(tmp_path):
         with pytest.raises(ServingError, match="no server slot") as failed:
             RankingClient(proxy.grpc_url, retries=0, timeout=10).similar(item_id="3", k=2)
         assert "UNAVAILABLE" in str(failed.value)
+
+
+def test_the_cli_defaults_are_the_limits_defaults():
+    """`llmrec serve` and `llmrec loadtest` spell the defaults out (importing the proxy module at CLI start
+    would import numpy); they must stay those of Limits."""
+    import inspect
+
+    from llmrec import cli
+
+    for command in (cli.serve, cli.loadtest):
+        params = inspect.signature(command).parameters
+        assert params["max_queue"].default == Limits().max_queue, command.__name__
+        assert params["queue_timeout_ms"].default == Limits().queue_timeout_ms, command.__name__
