@@ -30,7 +30,7 @@ def user_requests(
         target = rows["item_id"].iloc[0]
         others = [
             i
-            for i in rng.choice(all_ids, size=candidates * 2, replace=False)
+            for i in rng.choice(all_ids, size=min(candidates * 2, len(all_ids)), replace=False)
             if i != target and i not in past
         ]
         cands = [target, *others[: candidates - 1]]

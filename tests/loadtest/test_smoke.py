@@ -94,6 +94,12 @@ def test_open_loop_requests_for_every_model():
     assert {i.name for i in by_ids.inputs} == {"HISTORY_IDS", "CANDIDATE_IDS"}
 
 
+def test_a_workload_from_a_catalogue_smaller_than_twice_the_candidates():
+    """16 items, history 5: 10 candidates are drawn from the 16 (once numpy's 'larger sample' error)."""
+    workload = tiny_workload(make_items(16))
+    assert all(len(u["candidate_ids"]) == 10 for u in workload.users)
+
+
 def test_open_loop_phases_and_schedule():
     assert openloop.parse_phases("2:5,1:20") == [(2.0, 5.0), (1.0, 20.0)]
     times = openloop.schedule([(2.0, 5.0), (1.0, 20.0)])
