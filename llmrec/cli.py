@@ -519,8 +519,8 @@ def serve(
             "--max-queue more may wait --queue-timeout-ms, the rest are refused at once (UNAVAILABLE)."
         ),
     ] = None,
-    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
-    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 5,
+    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
+    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
     admission_metrics_port: Annotated[
         int, typer.Option(help="The admission proxy's Prometheus metrics port (with --max-in-flight).")
     ] = 8003,
@@ -792,8 +792,8 @@ def loadtest(
             "at the server; the excess waits (--max-queue) or is refused at once."
         ),
     ] = None,
-    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 8,
-    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 5,
+    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
+    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
     admission_cpus: Annotated[
         str | None, typer.Option(help="Pin the admission proxy to these CPUs (default: unpinned).")
     ] = None,
