@@ -531,10 +531,11 @@ def serve(
     one, a random key is made and written to <artifacts>/server/control.key (mode 0600)."""
     import os
     import signal
+    import subprocess
 
     from llmrec.server.admission import AdmissionProxy, Limits
     from llmrec.server.client import CONTROL_KEY_ENV
-    from llmrec.server.launcher import ServerError, TritonServer, free_port
+    from llmrec.server.launcher import ServerError, TritonServer
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail(ValueError("give both --tls-cert and --tls-key, or neither"))
@@ -560,7 +561,7 @@ def serve(
             _repo(repo),
             host,
             http_port,
-            grpc_port if limits is None else free_port(),
+            grpc_port if limits is None else None,  # behind the proxy: a free port of the launcher's
             metrics_port,
             target=target,
             control_key=key,
@@ -591,8 +592,13 @@ def serve(
         )
         where = f"${CONTROL_KEY_ENV}" if key else f"{key_file} (or set ${CONTROL_KEY_ENV})"
         typer.echo(f"control key: {where}; log: {server.log_path}; Ctrl-C or SIGTERM stops")
-        while server.process.poll() is None and (proxy is None or proxy.process.poll() is None):
-            time.sleep(0.5)
+        while True:  # until tritonserver exits (seen at once), or the proxy does (seen within a second)
+            try:
+                server.process.wait(timeout=None if proxy is None else 1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if proxy.process.poll() is not None:
+                    break
         if server.process.poll() is None:  # the proxy went: the service is unreachable, stop the rest
             typer.secho(
                 f"the admission proxy exited on its own with status {proxy.process.returncode} "
@@ -819,7 +825,7 @@ def loadtest(
                 raise ValueError(f"--server-cpus and --load-cpus share CPU(s) {sorted(shared)}")
         except ValueError as e:
             raise _fail(e) from None
-    admission = None
+    admission = proxy_cpus = None
     if max_in_flight is not None:
         from llmrec.server.admission import Limits
 
@@ -835,7 +841,7 @@ def loadtest(
     try:
         run_suite(
             scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url,
-            cpus=cpus, admission=admission, admission_cpus=proxy_cpus if admission else None,
+            cpus=cpus, admission=admission, admission_cpus=proxy_cpus,
         )  # fmt: skip
     except (LoadTestFailed, ServerError, FileNotFoundError, ValueError, RuntimeError) as e:
         raise _fail(e) from None

@@ -68,23 +68,6 @@ def haproxy_binary() -> Path:
     return Path(found)
 
 
-def environment(
-    server: str, bind: str, metrics_bind: str, limits: Limits, threads: int = 1
-) -> dict[str, str]:
-    """The settings haproxy.cfg reads (the compose stack sets the same variables)."""
-    return {
-        "LLMREC_ADMISSION_SERVER": server,
-        "LLMREC_ADMISSION_BIND": bind,
-        "LLMREC_ADMISSION_METRICS_BIND": metrics_bind,
-        "LLMREC_ADMISSION_DIR": str(CONFIG_DIR),
-        "LLMREC_ADMISSION_MAX_IN_FLIGHT": str(limits.max_in_flight),
-        "LLMREC_ADMISSION_MAX_QUEUE": str(limits.max_queue),
-        "LLMREC_ADMISSION_QUEUE_TIMEOUT_MS": str(limits.queue_timeout_ms),
-        "LLMREC_ADMISSION_CALL_TIMEOUT_S": str(limits.call_timeout_s),
-        "LLMREC_ADMISSION_THREADS": str(threads),
-    }
-
-
 class AdmissionProxy:
     """HAProxy on `host:port` (free ports by default) in front of the gRPC server at `server`."""
 
@@ -123,10 +106,19 @@ class AdmissionProxy:
         return [str(haproxy_binary()), "-W", "-db", "-f", str(CONFIG)]
 
     def environment(self) -> dict[str, str]:
-        settings = environment(
-            self.server, f"{self.host}:{self.port}", f"{self.host}:{self.metrics_port}", self.limits
-        )
-        return {**os.environ, **settings}
+        """This process's environment plus the settings haproxy.cfg reads."""
+        return {
+            **os.environ,
+            "LLMREC_ADMISSION_SERVER": self.server,
+            "LLMREC_ADMISSION_BIND": self.grpc_url,
+            "LLMREC_ADMISSION_METRICS_BIND": f"{self.host}:{self.metrics_port}",
+            "LLMREC_ADMISSION_DIR": str(CONFIG_DIR),
+            "LLMREC_ADMISSION_MAX_IN_FLIGHT": str(self.limits.max_in_flight),
+            "LLMREC_ADMISSION_MAX_QUEUE": str(self.limits.max_queue),
+            "LLMREC_ADMISSION_QUEUE_TIMEOUT_MS": str(self.limits.queue_timeout_ms),
+            "LLMREC_ADMISSION_CALL_TIMEOUT_S": str(self.limits.call_timeout_s),
+            "LLMREC_ADMISSION_THREADS": "1",
+        }
 
     def check(self) -> None:
         """Validate the configuration with these settings (haproxy -c); ServerError naming the problem."""
