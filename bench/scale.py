@@ -10,7 +10,7 @@ automatic kind: exact up to 20,000 items, FAISS HNSW above, tuned and gated at r
 - in-process: `ItemIndex.search` (what the python model runs) by item id, k = 10, one thread, against exact
   cosine top-k over the same vectors (the kernels' PyTorch path);
 - through the server: closed loop by item id, k = 10, at concurrency 1 and 8 (gRPC, the project's client),
-  with the server's start-to-ready time and resident memory (the tritonserver process and its python stubs);
+  with the server's start-to-ready time and memory (RSS and PSS of tritonserver and its python stubs);
 - rank by item ids (history 10, 100 candidates) in the same server and in-process: a rank version whose
   graph and head are those of an exported rank model (--rank-from, default the newest version in
   artifacts/model_repo) and whose item vectors by id are grown the same way from that model's vectors of
@@ -133,16 +133,19 @@ def rank_served(server: TritonServer, payloads: list, concurrency: int, requests
     return closed_loop(make, payloads, concurrency, requests)
 
 
-def server_rss_mib(server: TritonServer) -> float:
-    """Resident memory of tritonserver and every process below it (the python backend's stubs)."""
+def server_memory_mib(server: TritonServer) -> dict[str, float]:
+    """Memory of tritonserver and every process below it (the python backend's stubs): summed RSS, which
+    counts a page that several processes map (the memory-mapped index of two instances) once per process,
+    and summed PSS, which splits such a page among them (what the group really holds)."""
     root = psutil.Process(server.process.pid)
-    total = 0
+    rss = pss = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
         except psutil.NoSuchProcess:
             continue
-    return total / 2**20
+        rss, pss = rss + info.rss, pss + info.pss
+    return {"rss_mib": round(rss / 2**20), "pss_mib": round(pss / 2**20)}
 
 
 def in_process(index: item_index.ItemIndex, queries: list[str], requests: int) -> dict:
@@ -321,7 +324,7 @@ def main() -> None:
         started = time.perf_counter()
         with TritonServer(repo, startup_timeout=600) as server:
             ready_s = time.perf_counter() - started
-            rss = server_rss_mib(server)
+            memory = server_memory_mib(server)
             for c in (1, 8):
                 result = served(server, queries, c, args.requests)
                 record(
@@ -330,11 +333,11 @@ def main() -> None:
                     result,
                     kind=meta["kind"],
                     ready_s=round(ready_s, 1),
-                    rss_mib=round(rss),
+                    **memory,
                 )
             for c in (1, 8) if rank_ids else ():
                 result = rank_served(server, payloads, c, args.requests // 4)
-                record(n, f"rank server c={c}", result, ready_s=round(ready_s, 1), rss_mib=round(rss))
+                record(n, f"rank server c={c}", result, ready_s=round(ready_s, 1), **memory)
             if n == max(sizes):
                 swap = {"items": n, **hot_swap(server, repo, queries)}
                 print(table([swap]), flush=True)

@@ -1,6 +1,6 @@
 """Build a Triton model repository from trained runs: graphs, tokenizers, head, index, code, configs.
 
-    <repo>/<model>/, <repo>/<model>_gate/     the public ensemble and its gate (llmrec.server.ensembles)
+    <repo>/<model>/, <repo>/embed_gate/       the public ensembles and embed's gate (llmrec.server.ensembles)
     <repo>/<model>_core/config.pbtxt          from model_repo/<model>_core/ (checked in): the `cpu` target
     <repo>/<model>_core/configs/gpu.pbtxt     the `gpu` target (tritonserver --model-config-name=gpu)
     <repo>/<model>_core/<version>/model.py    from model_repo/<model>_core/ (checked in)
@@ -49,7 +49,7 @@ def _serialized_strings(values: list[str]) -> bytes:
 
 def version_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
     """The hidden folder that version `version` of public model `model` is written into (its core's),
-    with the core's configs, code and warm-up files, and the model's ensemble and gate in place."""
+    with the core's configs, code and warm-up files, and the model's ensemble (and gate, if it has one) in place."""
     ensembles.write(repo, model)
     model = ensembles.core(model)
     source = SOURCES / model

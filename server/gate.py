@@ -1,4 +1,5 @@
-"""The gate in front of each public model: a python model that passes its inputs through unchanged.
+"""The gate in front of a public model whose core merges requests (`embed`; contract `Model.merges_requests`):
+a python model that passes its inputs through unchanged.
 
 Why it exists: this Triton build's python backend checks the framing of BYTES inputs (4-byte length +
 bytes per element) while it gathers a dynamic batch, and one request whose last element claims more bytes

@@ -319,8 +319,9 @@ class ItemIndex:
         ann_path = folder / INDEX_ANN
         if not ann_path.is_file():
             raise ValueError(f"ANN index {ann_path} is missing ({meta_path} says kind {kind!r})")
-        try:
-            ann = _faiss().read_index(str(ann_path))
+        try:  # the stored vectors memory-mapped: instances (and versions) of one file share their pages
+            faiss = _faiss()
+            ann = faiss.read_index(str(ann_path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError as e:
             raise ValueError(f"ANN index {ann_path} is not a readable faiss index: {e}") from None
         if (ann.ntotal, ann.d) != vectors.shape:

@@ -5,9 +5,9 @@ with `expose(port)` for Prometheus. Server side: Triton's own counters on its me
 `scrape()`; `server_split(before, after)` turns two scrapes into per-model request counts and mean
 queue / compute times over the window between them.
 
-A public model is an ensemble (gate -> core, llmrec.server.ensembles), and Triton's ensemble counters
+A public model is an ensemble ([gate ->] core, llmrec.server.ensembles), and Triton's ensemble counters
 book one failed request as two failures; so a public model's row is assembled from exact counts: its
-successes from the ensemble, its failures from what the gate and the core refused (Triton's failures of
+successes from the ensemble, its failures from what its gate, if any, and the core refused (Triton's failures of
 those, e.g. a full queue) plus the error responses the core returned itself (llmrec_request_errors),
 its batch size and queue and compute times from the core, where the batching happens.
 """

@@ -9,7 +9,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.repository import export_index
-from llmrec.server import item_index, runtime, versions
+from llmrec.server import contract, item_index, runtime, versions
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,10 @@ def test_repository_layout(tiny_repo):
         for name in files + [versions.MANIFEST]:
             assert (repo / core / "1" / name).exists(), f"{core}/1/{name}"
         assert versions.problem(repo / core / "1") is None
-        # the public ensemble and its gate (llmrec.server.ensembles)
+        # the public ensemble, and its gate where the core merges requests (llmrec.server.ensembles)
         assert (repo / model / "config.pbtxt").is_file() and (repo / model / "1").is_dir()
-        assert (repo / f"{model}_gate" / "1" / "model.py").is_file()
+        gated = contract.MODELS[model].merges_requests
+        assert (repo / f"{model}_gate" / "1" / "model.py").is_file() == gated
     assert (repo / "embed_core" / "warmup" / "text").is_file()
     assert not list(repo.glob("*/.*.tmp")), "no half-written versions left behind"
 

@@ -31,8 +31,8 @@ def tensors(entries) -> set:
     }
 
 
-def expected(entries) -> set:
-    return {(t.name, DTYPES[t.dtype], t.dims, t.optional) for t in entries}
+def expected(entries, all_optional: bool = False) -> set:
+    return {(t.name, DTYPES[t.dtype], t.dims, t.optional or all_optional) for t in entries}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -43,19 +43,23 @@ def test_config_matches_the_contract(name, target):
     assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
     assert config.name == ensembles.core(name) and config.backend == "python"
     assert config.max_batch_size == model.max_batch_size
-    assert tensors(config.input) == expected(model.inputs)
+    # a core without a gate is the ensemble's only step: it takes every input as optional and refuses a
+    # missing required one itself (declared required, the ensemble would wait for it: "unexpected deadlock")
+    assert tensors(config.input) == expected(model.inputs, all_optional=not model.merges_requests)
     assert tensors(config.output) == expected(model.outputs)
-    assert config.HasField(
-        "dynamic_batching"
-    )  # the delay is per model (similar's is 0: its searches are cheap)
-    # overload is refused with UNAVAILABLE at the gate, not queued without limit; the core has no queue
-    # policy (with one, this Triton build's batcher stalls queued requests up to 500 ms: ARCHITECTURE.md)
-    assert not config.dynamic_batching.HasField("default_queue_policy")
-    policy = text_format.Parse(ensembles.gate_config(model), model_config_pb2.ModelConfig()).dynamic_batching
-    policy = policy.default_queue_policy
-    assert 0 < policy.max_queue_size <= 1024
-    assert 0 < policy.default_timeout_microseconds <= 1_000_000
-    assert model_config_pb2.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action) == "REJECT"
+    assert config.HasField("dynamic_batching")  # the delay is per model
+    batcher = config.dynamic_batching
+    if not model.merges_requests:  # on every target: one request per execution (no gate in front of it)
+        assert list(batcher.preferred_batch_size) == [1] and batcher.max_queue_delay_microseconds == 0
+    # no core has a queue policy (with one, this Triton build's batcher stalls queued requests up to 500 ms:
+    # ARCHITECTURE.md); a gate's is a bound that refuses with UNAVAILABLE
+    assert not batcher.HasField("default_queue_policy")
+    if model.merges_requests:
+        policy = text_format.Parse(ensembles.gate_config(model), model_config_pb2.ModelConfig())
+        policy = policy.dynamic_batching.default_queue_policy
+        assert 0 < policy.max_queue_size <= 1024
+        assert 0 < policy.default_timeout_microseconds <= 1_000_000
+        assert model_config_pb2.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action) == "REJECT"
     assert config.version_policy.latest.num_versions == 1
     for warmup in config.model_warmup:  # warm-up requests name real inputs
         assert set(warmup.inputs) <= {t.name for t in model.inputs}
@@ -83,15 +87,23 @@ def test_no_other_models_in_the_repository():
 def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     model = contract.MODELS[name]
     parse = lambda text: text_format.Parse(text, model_config_pb2.ModelConfig())  # noqa: E731
-    ensemble, gate = parse(ensembles.ensemble_config(model)), parse(ensembles.gate_config(model))
+    ensemble = parse(ensembles.ensemble_config(model))
     assert ensemble.name == name and ensemble.platform == "ensemble"
-    assert ensemble.max_batch_size == gate.max_batch_size == model.max_batch_size
-    # the ensemble takes every input as optional; the gate refuses a missing required one by name
+    assert ensemble.max_batch_size == model.max_batch_size
+    # the ensemble takes every input as optional; the gate (or a core without one) refuses a missing one
     assert tensors(ensemble.input) == {(n, d, dims, True) for n, d, dims, _ in expected(model.inputs)}
-    assert tensors(gate.input) == expected(model.inputs)
     assert tensors(ensemble.output) == expected(model.outputs)
-    # every input goes through the gate, one request per execution, and only then to the core
     names = {t.name for t in model.inputs}
+    outputs = {t.name: t.name for t in model.outputs}
+    if not model.merges_requests:  # straight to the core, which runs one request per execution
+        (only,) = ensemble.ensemble_scheduling.step
+        assert only.model_name == ensembles.core(name)
+        assert dict(only.input_map) == {n: n for n in names} and dict(only.output_map) == outputs
+        return
+    gate = parse(ensembles.gate_config(model))
+    assert gate.max_batch_size == model.max_batch_size
+    assert tensors(gate.input) == expected(model.inputs)
+    # every input goes through the gate, one request per execution, and only then to the core
     assert {t.name for t in gate.input} == {t.name for t in gate.output} == names
     batcher = gate.dynamic_batching  # there for its bounded queue: it never merges requests
     assert list(batcher.preferred_batch_size) == [1] and batcher.max_queue_delay_microseconds == 0
@@ -104,7 +116,17 @@ def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     assert (first.model_name, second.model_name) == (ensembles.gate(name), ensembles.core(name))
     assert dict(first.input_map) == {n: n for n in names}
     assert dict(second.input_map) == dict(first.output_map)
-    assert dict(second.output_map) == {t.name: t.name for t in model.outputs}
+    assert dict(second.output_map) == outputs
+
+
+def test_only_a_core_that_merges_requests_gets_a_gate(tmp_path):
+    """Export writes a gate where the core merges requests and removes one an older layout left."""
+    (tmp_path / "similar_gate" / "1").mkdir(parents=True)
+    for name in contract.MODELS:
+        ensembles.write(tmp_path, name)
+    gates = {p.name for p in tmp_path.iterdir() if p.name.endswith("_gate")}
+    assert gates == {ensembles.gate(m.name) for m in contract.MODELS.values() if m.merges_requests}
+    assert gates == {"embed_gate"}
 
 
 def test_text_checks_name_the_problem():
