@@ -54,7 +54,33 @@ def model_precision(model_config: str | dict) -> str:
     return value
 
 
-def _session(path: Path):
+def model_threads(model_config: str | dict) -> int | None:
+    """The `threads` parameter of a Triton model config (the JSON that initialize() receives): the CPU threads
+    one instance computes with (torch, FAISS, onnxruntime); None if unset (their defaults: every core)."""
+    config = json.loads(model_config) if isinstance(model_config, str) else model_config
+    value = config.get("parameters", {}).get("threads", {}).get("string_value")
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"config parameter threads must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def limit_threads(threads: int | None) -> None:
+    """At most `threads` CPU threads for this process's torch and FAISS work (None: leave their defaults).
+    A model that runs one request per execution gets its parallelism from its instances: with the default,
+    an idle instance's OpenMP threads spin on the cores a busy one needs."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:  # an exact index needs no FAISS
+        return
+    faiss.omp_set_num_threads(threads)
+
+
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     if not path.is_file():
@@ -62,7 +88,8 @@ def _session(path: Path):
         how = "`llmrec export --fp16`" if fp16 else "`llmrec export`"
         raise FileNotFoundError(f"{path} is missing: run {how} to build the model repository")
     options = ort.SessionOptions()
-    threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))  # 0: onnxruntime's default (all cores)
+    if threads is None:  # 0: onnxruntime's default (all cores)
+        threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # CUDA where this onnxruntime build has it (the GPU image), else the CPU.
@@ -221,14 +248,19 @@ class RankScorer:
     """
 
     def __init__(
-        self, folder: Path, cache_items: int | None = None, warm: bool = True, precision: str = "fp32"
+        self,
+        folder: Path,
+        cache_items: int | None = None,
+        warm: bool = True,
+        precision: str = "fp32",
+        threads: int | None = None,
     ):
         from llmrec.training.eaar.model import Ranker, RankerConfig
 
         folder = Path(folder)
         self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
         self.tokenize = ServingTokenizer(folder / TOKENIZER).padded(self.config.max_tokens)
-        self.session = _session(graph_path(folder, ENCODER_ONNX, precision))
+        self.session = _session(graph_path(folder, ENCODER_ONNX, precision), threads)
         state = torch.load(folder / RANKER_HEAD, map_location="cpu")
         hidden = int(state["hidden"])
         self.head = Ranker(self.config, None, None, hidden=hidden)

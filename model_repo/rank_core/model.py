@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import input_of, run_batch
 from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
-from llmrec.server.runtime import ById, RankScorer, model_precision
+from llmrec.server.runtime import ById, RankScorer, limit_threads, model_precision, model_threads
 
 
 def _side(request, scorer: RankScorer, texts_name: str, ids_name: str, limit: int) -> list:
@@ -39,7 +39,9 @@ def _side(request, scorer: RankScorer, texts_name: str, ids_name: str, limit: in
 class TritonPythonModel:
     def initialize(self, args):
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.scorer = RankScorer(folder, precision=model_precision(args["model_config"]))
+        threads = model_threads(args["model_config"])
+        limit_threads(threads)
+        self.scorer = RankScorer(folder, precision=model_precision(args["model_config"]), threads=threads)
         labels = {"model": "rank", "version": args["model_version"]}
         # The families must outlive their metrics (Triton refuses to update a metric of a deleted family).
         self.lookups = pb_utils.MetricFamily(

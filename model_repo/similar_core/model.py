@@ -18,11 +18,12 @@ import triton_python_backend_utils as pb_utils
 from llmrec.server.batch import Overloaded, input_of, run_batch
 from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, check_vectors, decode_text
 from llmrec.server.item_index import ItemIndex
-from llmrec.server.runtime import check_index_matches_embed
+from llmrec.server.runtime import check_index_matches_embed, limit_threads, model_threads
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        limit_threads(model_threads(args["model_config"]))
         self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"])
         check_index_matches_embed(self.index.dim, Path(args["model_repository"]).parent)
 
