@@ -51,7 +51,9 @@ class IndexSpec:
     kind: str = "auto"
     recall_floor: float = 0.95
     hnsw_m: int = 32
-    ef_construction: int = 40
+    # 80, not 40: a better-linked graph reaches the recall floor at a shallower search (1M items: efSearch
+    # 24 instead of 64 for recall@10 0.98; served similar p50 ~3.0 -> ~2.1-2.7 ms) for 1.55x the build time
+    ef_construction: int = 80
     nlist: int | None = None  # IVF lists; default 4 sqrt(n)
     pq_bytes: int | None = None  # IVF-PQ bytes per vector; default d / 4
     memory_bytes: int = 8 << 30  # what the auto choice lets the index hold in memory

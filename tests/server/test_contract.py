@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from llmrec.server import contract, ensembles
+from llmrec.server import contract, ensembles, runtime
 from llmrec.server.contract import BadRequest, as_item, check_k, check_vectors, decode_text
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
@@ -51,6 +51,8 @@ def test_config_matches_the_contract(name, target):
     batcher = config.dynamic_batching
     if not model.merges_requests:  # on every target: one request per execution (no gate in front of it)
         assert list(batcher.preferred_batch_size) == [1] and batcher.max_queue_delay_microseconds == 0
+        # its instances are the parallelism: one CPU thread each (else idle instances spin on the cores)
+        assert config.parameters["threads"].string_value == "1"
     # no core has a queue policy (with one, this Triton build's batcher stalls queued requests up to 500 ms:
     # ARCHITECTURE.md); a gate's is a bound that refuses with UNAVAILABLE
     assert not batcher.HasField("default_queue_policy")
@@ -127,6 +129,14 @@ def test_only_a_core_that_merges_requests_gets_a_gate(tmp_path):
     gates = {p.name for p in tmp_path.iterdir() if p.name.endswith("_gate")}
     assert gates == {ensembles.gate(m.name) for m in contract.MODELS.values() if m.merges_requests}
     assert gates == {"embed_gate"}
+
+
+def test_the_threads_parameter_is_read_and_checked():
+    config = {"parameters": {"threads": {"string_value": "2"}}}
+    assert runtime.model_threads(config) == 2 and runtime.model_threads("{}") is None
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            runtime.model_threads({"parameters": {"threads": {"string_value": bad}}})
 
 
 def test_text_checks_name_the_problem():
