@@ -73,7 +73,7 @@ loadtest: setup $(MODEL_REPO)  ## locust ramp + spike and perf_analyzer on the e
 bench-serving: setup  ## rank and similar through the server vs in-process (docs/BENCHMARKS.md)
 	$(BIN)/python -m bench.serving
 
-bench-scale: setup $(MODEL_REPO)  ## similar and rank by ids at 10^4..10^6 items: server vs in-process vs exact, recall, load, RSS, hot swap (~15 min)
+bench-scale: setup $(MODEL_REPO)  ## similar and rank by ids at 10^4..10^6 items: server vs in-process vs exact, recall, load, memory, hot swap (~10 min)
 	$(BIN)/python -m bench.scale
 
 bench-precision: setup  ## fp16 vs fp32 graphs: neighbours, rankings, time (needs `llmrec export --fp16`)
