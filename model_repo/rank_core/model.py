@@ -2,11 +2,10 @@
 
 HISTORY or HISTORY_IDS [b, h], CANDIDATES or CANDIDATE_IDS [b, c] (texts or catalogue item ids) -> SCORES [b, c].
 EaaR online (llmrec.server.runtime.RankScorer): the exported BERT encoder, then the trained head. Item
-vectors are cached by text, and read by id from the vectors export computed; all users of a dynamic batch
-share one encoder pass over their distinct uncached texts; a bad request gets its own error and the
-others are scored. The cache's lookups go to
-Triton's /metrics as `llmrec_rank_item_cache_lookups_total{result="hit"|"miss"}` and its size as
-`llmrec_rank_item_cache_items`.
+vectors are cached by text, and read by id from the vectors export computed; all users of an execution
+(one request's rows on the shipped configs) share one encoder pass over their distinct uncached texts; a
+bad request gets its own error and the others are scored. The cache's lookups go to Triton's /metrics as
+`llmrec_rank_item_cache_lookups_total{result="hit"|"miss"}` and its size as `llmrec_rank_item_cache_items`.
 """
 
 from pathlib import Path

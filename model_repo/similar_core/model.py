@@ -2,12 +2,12 @@
 
 ITEM_ID or TEXT [b, 1] or VECTOR [b, d], K [b, 1] -> ITEM_IDS, SCORES [b, k]. The item index
 (llmrec.server.item_index.ItemIndex: exact, or FAISS) is read at load: a malformed index, or one whose
-dimension differs from the `embed` model's, fails this version's load with the reason, and a server that already serves an older
-version keeps serving it. Text queries are embedded by `embed_core` (a BLS call: the texts passed this
-model's checks already), item-id queries read their vector from the index and never return themselves,
-vector queries are used as given (normalised). All queries of a dynamic batch share one top-k call (the
-largest K; smaller K take a prefix, since results come best first); a bad request gets its own error
-(llmrec.server.batch).
+dimension differs from the `embed` model's, fails this version's load with the reason, and a server that
+already serves an older version keeps serving it. Text queries are embedded by `embed_core` (a BLS call:
+the texts passed this model's checks already), item-id queries read their vector from the index and never
+return themselves, vector queries are used as given (normalised). All queries of an execution (one
+request's rows on the shipped configs) share one top-k call (the largest K; smaller K take a prefix, since
+results come best first); a bad request gets its own error (llmrec.server.batch).
 """
 
 from pathlib import Path
