@@ -41,7 +41,8 @@ class TritonPythonModel:
         threads = model_threads(args["model_config"])
         limit_threads(threads)
         self.scorer = RankScorer(folder, precision=model_precision(args["model_config"]), threads=threads)
-        labels = {"model": "rank", "version": args["model_version"]}
+        # one cache per instance: its own series (dashboards sum them)
+        labels = {"model": "rank", "version": args["model_version"], "instance": args["model_instance_name"]}
         # The families must outlive their metrics (Triton refuses to update a metric of a deleted family).
         self.lookups = pb_utils.MetricFamily(
             name="llmrec_rank_item_cache_lookups_total",

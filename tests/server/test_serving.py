@@ -104,7 +104,8 @@ def test_rank_caches_item_vectors_and_reports_it(served):
     ):
         for sample in family.samples:
             if sample.name.startswith("llmrec_rank_item_cache"):
-                counts[(sample.name, sample.labels.get("result"))] = sample.value
+                key = (sample.name, sample.labels.get("result"))  # summed over the model's instances
+                counts[key] = counts.get(key, 0.0) + sample.value
     assert counts[("llmrec_rank_item_cache_lookups_total", "hit")] >= 8
     assert counts[("llmrec_rank_item_cache_lookups_total", "miss")] >= 8
     assert counts[("llmrec_rank_item_cache_items", None)] >= len(served["items"]) + 8
