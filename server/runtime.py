@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,20 +46,24 @@ def graph_path(folder: Path, name: str, precision: str = "fp32") -> Path:
     return Path(folder) / (name if precision == "fp32" else name.replace(".onnx", f".{precision}.onnx"))
 
 
-def model_precision(model_config: str | dict) -> str:
-    """The `precision` parameter of a Triton model config (the JSON that initialize() receives); fp32 if unset."""
+def _parameter(model_config: str | dict, key: str) -> str | None:
+    """A string parameter of a Triton model config (the JSON that initialize() receives); None if unset."""
     config = json.loads(model_config) if isinstance(model_config, str) else model_config
-    value = config.get("parameters", {}).get("precision", {}).get("string_value", "fp32")
+    return config.get("parameters", {}).get(key, {}).get("string_value")
+
+
+def model_precision(model_config: str | dict) -> str:
+    """The `precision` parameter of a Triton model config; fp32 if unset."""
+    value = _parameter(model_config, "precision") or "fp32"
     if value not in PRECISIONS:
         raise ValueError(f"config parameter precision must be one of {PRECISIONS}, got {value!r}")
     return value
 
 
 def model_threads(model_config: str | dict) -> int | None:
-    """The `threads` parameter of a Triton model config (the JSON that initialize() receives): the CPU threads
-    one instance computes with (torch, FAISS, onnxruntime); None if unset (their defaults: every core)."""
-    config = json.loads(model_config) if isinstance(model_config, str) else model_config
-    value = config.get("parameters", {}).get("threads", {}).get("string_value")
+    """The `threads` parameter of a Triton model config: the CPU threads one instance computes with (torch,
+    FAISS, onnxruntime); None if unset (their defaults: every core)."""
+    value = _parameter(model_config, "threads")
     if value is None:
         return None
     if not value.isdigit() or int(value) < 1:
@@ -67,17 +72,15 @@ def model_threads(model_config: str | dict) -> int | None:
 
 
 def limit_threads(threads: int | None) -> None:
-    """At most `threads` CPU threads for this process's torch and FAISS work (None: leave their defaults).
-    A model that runs one request per execution gets its parallelism from its instances: with the default,
-    an idle instance's OpenMP threads spin on the cores a busy one needs."""
+    """At most `threads` CPU threads for this process's torch work, and FAISS's if it is loaded already
+    (None: leave their defaults). A model that runs one request per execution gets its parallelism from its
+    instances: with the default, an idle instance's OpenMP threads spin on the cores a busy one needs."""
     if threads is None:
         return
     torch.set_num_threads(threads)
-    try:
-        import faiss
-    except ImportError:  # an exact index needs no FAISS
-        return
-    faiss.omp_set_num_threads(threads)
+    faiss = sys.modules.get("faiss")  # not imported here: a model without an ANN index never loads it
+    if faiss is not None:
+        faiss.omp_set_num_threads(threads)
 
 
 def _session(path: Path, threads: int | None = None):

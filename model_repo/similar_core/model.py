@@ -23,8 +23,8 @@ from llmrec.server.runtime import check_index_matches_embed, limit_threads, mode
 
 class TritonPythonModel:
     def initialize(self, args):
-        limit_threads(model_threads(args["model_config"]))
         self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"])
+        limit_threads(model_threads(args["model_config"]))  # after the load, which brings FAISS in
         check_index_matches_embed(self.index.dim, Path(args["model_repository"]).parent)
 
     def _parse(self, request):
