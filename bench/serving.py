@@ -35,7 +35,7 @@ import tritonclient.grpc as grpcclient
 from llmrec.export.repository import without_batching
 from llmrec.paths import artifacts_dir
 from llmrec.runs import git_commit, table
-from llmrec.server import item_index, metrics, runtime
+from llmrec.server import ensembles, item_index, metrics, runtime
 from llmrec.server.client import RankingClient, similar_request
 from llmrec.server.launcher import TritonServer
 from llmrec.server.workloads import user_requests
@@ -86,37 +86,39 @@ def closed_loop(make_call, payloads: list, concurrency: int, requests: int) -> d
     }
 
 
-ENSEMBLE = """# bench only: `similar` by text as a Triton ensemble of the two cores, to compare with the fused BLS path
-name: "similar_text"
-platform: "ensemble"
-max_batch_size: 64
-input [
-  { name: "TEXT", data_type: TYPE_STRING, dims: [ 1 ] },
-  { name: "K", data_type: TYPE_INT32, dims: [ 1 ] }
-]
-output [
-  { name: "ITEM_IDS", data_type: TYPE_STRING, dims: [ -1 ] },
-  { name: "SCORES", data_type: TYPE_FP32, dims: [ -1 ] }
-]
-ensemble_scheduling {
+def text_ensemble() -> str:
+    """bench only: `similar` by text as a Triton ensemble of the two cores, to compare with the fused BLS path."""
+    from llmrec.server.contract import EMBED, ITEM_IDS, SCORES, SIMILAR, TEXT, VECTOR, K, Model
+
+    front = Model(
+        "similar_text", (EMBED.input(TEXT), SIMILAR.input(K)), SIMILAR.outputs, SIMILAR.max_batch_size
+    )
+    config = ensembles.ensemble_config(front)  # name and tensors; its comment and steps are replaced
+    config = config[config.index("name:") : config.index("ensemble_scheduling")]
+    steps = f"""ensemble_scheduling {{
   step [
-    {
-      model_name: "embed_core"
+    {{
+      model_name: "{ensembles.core(EMBED.name)}"
       model_version: -1
-      input_map { key: "TEXT" value: "TEXT" }
-      output_map { key: "VECTOR" value: "query_vector" }
-    },
-    {
-      model_name: "similar_core"
+      input_map {{ key: "{TEXT}" value: "{TEXT}" }}
+      output_map {{ key: "{VECTOR}" value: "query_vector" }}
+    }},
+    {{
+      model_name: "{ensembles.core(SIMILAR.name)}"
       model_version: -1
-      input_map { key: "VECTOR" value: "query_vector" }
-      input_map { key: "K" value: "K" }
-      output_map { key: "ITEM_IDS" value: "ITEM_IDS" }
-      output_map { key: "SCORES" value: "SCORES" }
-    }
+      input_map {{ key: "{VECTOR}" value: "query_vector" }}
+      input_map {{ key: "{K}" value: "{K}" }}
+      output_map {{ key: "{ITEM_IDS}" value: "{ITEM_IDS}" }}
+      output_map {{ key: "{SCORES}" value: "{SCORES}" }}
+    }}
   ]
-}
+}}
 """
+    return (
+        "# bench only: `similar` by text as an ensemble of the two cores (bench/serving.py)\n"
+        + config
+        + steps
+    )
 
 
 def with_text_ensemble(repo: Path, dest: Path) -> Path:
@@ -127,7 +129,7 @@ def with_text_ensemble(repo: Path, dest: Path) -> Path:
         if (model_dir / "config.pbtxt").is_file():
             (dest / model_dir.name).symlink_to(model_dir.resolve())
     (dest / "similar_text" / "1").mkdir(parents=True)
-    (dest / "similar_text" / "config.pbtxt").write_text(ENSEMBLE)
+    (dest / "similar_text" / "config.pbtxt").write_text(text_ensemble())
     return dest
 
 

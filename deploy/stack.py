@@ -179,6 +179,8 @@ def wheelhouse(target: str) -> Path:
             stamp.write_text(digest)
     with step("build the llmrec wheel"):
         shutil.rmtree(WHEELHOUSE / "llmrec", ignore_errors=True)
+        # setuptools packs whatever build/ holds: a module moved or dropped since the last build would ship
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
         run(
             [*pip, "wheel", "-q", "--no-deps", "-w", str(WHEELHOUSE / "llmrec"), str(ROOT)],
             "pip wheel llmrec",

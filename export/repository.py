@@ -1,9 +1,9 @@
 """Build a Triton model repository from trained runs: graphs, tokenizers, head, index, code, configs.
 
     <repo>/<model>/, <repo>/embed_gate/       the public ensembles and embed's gate (llmrec.server.ensembles)
-    <repo>/<model>_core/config.pbtxt          from model_repo/<model>_core/ (checked in): the `cpu` target
+    <repo>/<model>_core/config.pbtxt          the `cpu` target: the contract + model_repo/<model>_core/cpu.pbtxt
     <repo>/<model>_core/configs/gpu.pbtxt     the `gpu` target (tritonserver --model-config-name=gpu)
-    <repo>/<model>_core/<version>/model.py    from model_repo/<model>_core/ (checked in)
+    <repo>/<model>_core/<version>/model.py    from model_repo/<model>_core/ (package data)
     <repo>/<model>_core/<version>/...         the exported files (names: llmrec.server.runtime)
     <repo>/<model>_core/warmup/...            warm-up requests named in config.pbtxt
 
@@ -33,9 +33,9 @@ from llmrec.export import parity
 from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
 from llmrec.paths import artifacts_dir
 from llmrec.server import ensembles, item_index, runtime, tokenizer, versions
+from llmrec.server.contract import MODELS
 
-SOURCES = Path(__file__).resolve().parent.parent / "model_repo"
-WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]
+WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]  # the texts of the warm-up requests
 
 
 def _serialized_strings(values: list[str]) -> bytes:
@@ -47,24 +47,28 @@ def _serialized_strings(values: list[str]) -> bytes:
     return out
 
 
-def version_folder(repo: Path, model: str, version: int, warmup: dict[str, list[str]] | None = None) -> Path:
+def version_folder(repo: Path, model: str, version: int) -> Path:
     """The hidden folder that version `version` of public model `model` is written into (its core's),
-    with the core's configs, code and warm-up files, and the model's ensemble (and gate, if it has one) in place."""
+    with the core's configs (llmrec.server.ensembles.core_config), code and warm-up files, and the
+    model's ensemble (and gate, if it has one) in place."""
     ensembles.write(repo, model)
+    spec = MODELS[model]
     model = ensembles.core(model)
-    source = SOURCES / model
-    if not (source / "config.pbtxt").is_file():
-        raise FileNotFoundError(f"{source} has no config.pbtxt: the checkout is incomplete")
+    source = ensembles.sources() / model / "model.py"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: the installation is incomplete")
     folder = repo / model / str(version)
     tmp = folder.with_name(f".{version}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy2(source / "config.pbtxt", repo / model / "config.pbtxt")
-    shutil.copytree(source / "configs", repo / model / "configs", dirs_exist_ok=True)  # other targets
-    shutil.copy2(source / "model.py", tmp / "model.py")
-    for name, values in (warmup or {}).items():
+    for target, path in ensembles.TARGETS.items():
+        (repo / model / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / model / path).write_text(ensembles.core_config(spec, target))
+    shutil.copy2(source, tmp / "model.py")
+    for name, rows in spec.warmup:
         (repo / model / "warmup").mkdir(exist_ok=True)
-        (repo / model / "warmup" / name).write_bytes(_serialized_strings(values))
+        values = [WARMUP_ITEMS[i % len(WARMUP_ITEMS)] for i in range(rows)]
+        (repo / model / "warmup" / ensembles.warmup_file(name)).write_bytes(_serialized_strings(values))
     return tmp
 
 
@@ -97,7 +101,7 @@ def export_embed(
 
     model = NoteLLM.load(notellm_dir / "model").eval()
     model.lm.config._attn_implementation = "eager"  # the exporter traces eager attention
-    folder = version_folder(repo, "embed", version, {"text": WARMUP_ITEMS[:1]})
+    folder = version_folder(repo, "embed", version)
     example = collate([model.prompts.embedding_prompt(i) for i in items[:2]], model.tokenizer.pad_token_id)
     to_onnx(
         NoteEncoderGraph(model),
@@ -158,9 +162,7 @@ def export_rank(
 
     ranker = Ranker.load(ranker_dir)
     encoder = ranker.encoder
-    folder = version_folder(
-        repo, "rank", version, {"history": WARMUP_ITEMS, "candidates": WARMUP_ITEMS[::-1]}
-    )
+    folder = version_folder(repo, "rank", version)
     example = encoder.tokenize(texts[:2])
     to_onnx(
         TextEncoderGraph(encoder.bert),

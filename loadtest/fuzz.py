@@ -25,6 +25,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from llmrec.server import contract
 from llmrec.server.contract import MAX_CANDIDATES, MAX_TEXT_BYTES
 
 
@@ -67,14 +68,14 @@ def _raw(name: str, shape: list[int], dtype: str, content: bytes) -> grpcclient.
 
 
 def _k(k: int, dtype: str = "INT32") -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput("K", [1, 1], dtype)
+    tensor = grpcclient.InferInput(contract.K, [1, 1], dtype)
     tensor.set_data_from_numpy(np.array([[k]], dtype=np.int32 if dtype == "INT32" else np.float32))
     return tensor
 
 
 def _vector(values: np.ndarray) -> grpcclient.InferInput:
     row = np.asarray(values, dtype=np.float32).reshape(1, -1)
-    tensor = grpcclient.InferInput("VECTOR", list(row.shape), "FP32")
+    tensor = grpcclient.InferInput(contract.VECTOR, list(row.shape), "FP32")
     tensor.set_data_from_numpy(row)
     return tensor
 
@@ -113,7 +114,7 @@ class Generator:
 
     def valid_embed(self) -> Case:
         texts = [self.text() for _ in range(self.rng.randint(1, 4))]
-        return Case("embed", "ok", "embed", [_bytes("TEXT", [[t] for t in texts])])
+        return Case("embed", "ok", "embed", [_bytes(contract.TEXT, [[t] for t in texts])])
 
     def valid_similar(self) -> Case:
         r = self.rng
@@ -123,14 +124,14 @@ class Generator:
                 "similar by id",
                 "ok",
                 "similar",
-                [_bytes("ITEM_ID", [[r.choice(self.ids)]]), _k(r.randint(1, len(self.ids) - 1))],
+                [_bytes(contract.ITEM_ID, [[r.choice(self.ids)]]), _k(r.randint(1, len(self.ids) - 1))],
             )
         if how == "text":
             return Case(
                 "similar by text",
                 "ok",
                 "similar",
-                [_bytes("TEXT", [[self.text()]]), _k(r.randint(1, len(self.ids)))],
+                [_bytes(contract.TEXT, [[self.text()]]), _k(r.randint(1, len(self.ids)))],
             )
         scale = 10.0 ** r.uniform(-30, 30)  # any scale: the server normalises in float64
         vector = np.random.default_rng(r.randint(0, 2**31)).normal(size=self.dim) * scale
@@ -140,7 +141,12 @@ class Generator:
         r = self.rng
         history = [self.text() for _ in range(r.randint(1, 5))]
         candidates = [self.text() for _ in range(r.randint(1, 10))]
-        return Case("rank", "ok", "rank", [_bytes("HISTORY", [history]), _bytes("CANDIDATES", [candidates])])
+        return Case(
+            "rank",
+            "ok",
+            "rank",
+            [_bytes(contract.HISTORY, [history]), _bytes(contract.CANDIDATES, [candidates])],
+        )
 
     # --- malformed -----------------------------------------------------------------------------
     def bad_text(self, json_items: bool = True) -> tuple[str, bytes]:
@@ -172,9 +178,9 @@ class Generator:
         kind, text = self.bad_text(json_items=model != "rank")
         if model == "embed":
             good = [[t] for t in self.rng.sample(self.texts, 2)]
-            return Case(f"embed: {kind}", "invalid", "embed", [_bytes("TEXT", [*good, [text]])])
+            return Case(f"embed: {kind}", "invalid", "embed", [_bytes(contract.TEXT, [*good, [text]])])
         if model == "similar":
-            return Case(f"similar: {kind}", "invalid", "similar", [_bytes("TEXT", [[text]]), _k(3)])
+            return Case(f"similar: {kind}", "invalid", "similar", [_bytes(contract.TEXT, [[text]]), _k(3)])
         if self.rng.random() < 0.2:  # or too many of them
             kind, text, count = f"more than {MAX_CANDIDATES} candidates", self.texts[0], MAX_CANDIDATES + 1
         else:
@@ -185,12 +191,12 @@ class Generator:
             f"rank: {kind}",
             "invalid",
             "rank",
-            [_bytes("HISTORY", [history]), _bytes("CANDIDATES", [candidates])],
+            [_bytes(contract.HISTORY, [history]), _bytes(contract.CANDIDATES, [candidates])],
         )
 
     def malformed_similar(self) -> Case:
         r = self.rng
-        item = _bytes("ITEM_ID", [[r.choice(self.ids)]])
+        item = _bytes(contract.ITEM_ID, [[r.choice(self.ids)]])
         kind, inputs = r.choice(
             [
                 ("K = 0", [item, _k(0)]),
@@ -198,8 +204,8 @@ class Generator:
                 ("K > catalogue", [item, _k(len(self.ids) + r.randint(0, 10**6))]),
                 ("no K", [item]),
                 ("no query", [_k(3)]),
-                ("two queries", [item, _bytes("TEXT", [["Heat"]]), _k(3)]),
-                ("unknown id", [_bytes("ITEM_ID", [[f"no-such-{r.randint(0, 10**9)}"]]), _k(3)]),
+                ("two queries", [item, _bytes(contract.TEXT, [["Heat"]]), _k(3)]),
+                ("unknown id", [_bytes(contract.ITEM_ID, [[f"no-such-{r.randint(0, 10**9)}"]]), _k(3)]),
                 ("vector of wrong width", [_vector(np.ones(self.dim + r.randint(1, 5))), _k(3)]),
                 ("zero vector", [_vector(np.zeros(self.dim)), _k(3)]),
                 ("NaN vector", [_vector(np.full(self.dim, np.nan)), _k(3)]),
@@ -212,7 +218,7 @@ class Generator:
     def malformed_tensor(self) -> Case:
         r = self.rng
         model = r.choice(("embed", "similar"))
-        name = "TEXT" if model == "embed" else "ITEM_ID"
+        name = contract.TEXT if model == "embed" else contract.ITEM_ID
         extra = [_k(3)] if model == "similar" else []
         claimed = r.randint(5, 10**6)
         kind, tensor = r.choice(
@@ -234,8 +240,10 @@ class Generator:
         model = r.choice(("embed", "rank"))
         blob = bytes(r.randint(0, 255) for _ in range(r.randint(0, 64)))
         if model == "embed":
-            return Case("embed: random bytes", "either", "embed", [_raw("TEXT", [1, 1], "BYTES", blob)])
-        rows = [_raw("HISTORY", [1, 1], "BYTES", blob), _bytes("CANDIDATES", [[self.texts[0]]])]
+            return Case(
+                "embed: random bytes", "either", "embed", [_raw(contract.TEXT, [1, 1], "BYTES", blob)]
+            )
+        rows = [_raw(contract.HISTORY, [1, 1], "BYTES", blob), _bytes(contract.CANDIDATES, [[self.texts[0]]])]
         return Case("rank: random bytes", "either", "rank", rows)
 
 

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from llmrec.paths import cache_dir
+from llmrec.server import contract
 from llmrec.server.contract import GRPC_CONTROL_HEADER
 from llmrec.server.launcher import pinned_to
 
@@ -80,22 +81,28 @@ def input_data(model: str, workload, path: Path, samples: int = 16) -> Path:
             u = workload.users[i % len(workload.users)]
             rows.append(
                 {
-                    "HISTORY": {"content": u["history"], "shape": [len(u["history"])]},
-                    "CANDIDATES": {"content": u["candidate_texts"], "shape": [len(u["candidate_texts"])]},
+                    contract.HISTORY: {"content": u["history"], "shape": [len(u["history"])]},
+                    contract.CANDIDATES: {
+                        "content": u["candidate_texts"],
+                        "shape": [len(u["candidate_texts"])],
+                    },
                 }
             )
         elif model == "similar":
             rows.append(
                 {
-                    "ITEM_ID": {
+                    contract.ITEM_ID: {
                         "content": [workload.item_ids[(i * 37) % len(workload.item_ids)]],
                         "shape": [1],
                     },
-                    "K": {"content": [100 if len(workload.item_ids) > 100 else workload.ks[0]], "shape": [1]},
+                    contract.K: {
+                        "content": [100 if len(workload.item_ids) > 100 else workload.ks[0]],
+                        "shape": [1],
+                    },
                 }
             )
         elif model == "embed":
-            rows.append({"TEXT": {"content": [workload.texts[i % len(workload.texts)]], "shape": [1]}})
+            rows.append({contract.TEXT: {"content": [workload.texts[i % len(workload.texts)]], "shape": [1]}})
         else:
             raise ValueError(f"unknown model {model!r}")
     path.write_text(json.dumps({"data": rows}))

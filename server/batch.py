@@ -1,10 +1,11 @@
 """One dynamic batch in a Triton python model: check each request, compute the good ones together.
 
-    return run_batch(requests, parse, compute, respond, "embed")
+    return run_batch(requests, contract.EMBED, parse, compute)
 
-`parse(request)` turns one request into its rows (a BadRequest refuses it), `compute(rows)` maps the rows
-of all good requests to one result each, `respond(results)` turns one request's results into its output
-tensors. The promise kept here: a request's failure stays in that request's response.
+`parse(request)` turns one request into its rows (a BadRequest refuses it); `compute(rows)` maps the rows
+of all good requests to their outputs by name, {output name: one value per row}; each request's response
+holds its rows' values of every output of the contract's model, stacked and cast to the contract's type.
+The promise kept here: a request's failure stays in that request's response.
 
 - A request `parse` refuses gets its own INVALID_ARG error naming the problem; anything else `parse`
   raises (a bug, or an input no check foresaw) fails that request alone, as INTERNAL.
@@ -26,9 +27,11 @@ python backend's stub, where `triton_python_backend_utils` exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from llmrec.server.contract import BadRequest
+import numpy as np
+
+from llmrec.server.contract import NUMPY_TYPES, BadRequest, Model
 
 MAX_ERROR_CHARS = 1_000  # an error message never echoes a huge input back
 
@@ -39,12 +42,13 @@ class Overloaded(RuntimeError):
 
 def run_batch(
     requests: list,
+    model: Model,
     parse: Callable[[object], list],
-    compute: Callable[[list], Sequence],
-    respond: Callable[[Sequence], list],
-    what: str,
+    compute: Callable[[list], Mapping[str, Sequence]],
 ) -> list:
     """Exactly one response per request, in order (see the module docstring)."""
+    what = model.name
+    respond = _responder(model)
     responses: list = [None] * len(requests)
     try:
         parsed = _parse_each(requests, parse, responses, what)
@@ -82,6 +86,25 @@ def input_of(request, name: str, required: bool = True):
     return tensor.as_numpy()
 
 
+def _responder(model: Model) -> Callable[[Mapping[str, Sequence], int, int], list]:
+    """The output tensors of rows [start, stop) of computed results: every output of the contract's
+    model, by name, as its type (a missing output is the model's bug: RuntimeError naming it)."""
+    import triton_python_backend_utils as pb_utils
+
+    def respond(results: Mapping[str, Sequence], start: int, stop: int) -> list:
+        tensors = []
+        for tensor in model.outputs:
+            if tensor.name not in results:
+                raise RuntimeError(f"{model.name} computed no {tensor.name} (it computed {sorted(results)})")
+            rows = np.stack([np.asarray(v) for v in results[tensor.name][start:stop]])
+            tensors.append(
+                pb_utils.Tensor(tensor.name, np.ascontiguousarray(rows, NUMPY_TYPES[tensor.dtype]))
+            )
+        return tensors
+
+    return respond
+
+
 def _rows(parsed: list) -> list:
     return [row for _, rows in parsed for row in rows]
 
@@ -97,14 +120,17 @@ def _parse_each(requests: list, parse: Callable, responses: list, what: str) -> 
     return parsed
 
 
-def _answer(parsed: list, results: Sequence, respond: Callable, responses: list, what: str) -> None:
+def _answer(
+    parsed: list, results: Mapping[str, Sequence], respond: Callable, responses: list, what: str
+) -> None:
     import triton_python_backend_utils as pb_utils
 
-    if len(results) != len(_rows(parsed)):
-        raise RuntimeError(f"{what} computed {len(results)} results for {len(_rows(parsed))} rows")
+    n = len(_rows(parsed))
+    if counts := {name: len(values) for name, values in results.items() if len(values) != n}:
+        raise RuntimeError(f"{what} computed {counts} results for {n} rows")
     start, answers = 0, []
     for i, rows in parsed:  # all responses built before any is stored: a failure leaves none half-written
-        answers.append((i, pb_utils.InferenceResponse(respond(results[start : start + len(rows)]))))
+        answers.append((i, pb_utils.InferenceResponse(respond(results, start, start + len(rows)))))
         start += len(rows)
     for i, response in answers:
         responses[i] = response

@@ -72,7 +72,7 @@ def _bytes_input(name: str, rows: list[list[str]]) -> grpcclient.InferInput:
 def embed_request(texts: list[str]) -> tuple[str, list, list[str]]:
     if not texts:
         raise ValueError("embed needs at least one text")
-    return contract.EMBED.name, [_bytes_input("TEXT", [[t] for t in texts])], ["VECTOR"]
+    return contract.EMBED.name, [_bytes_input(contract.TEXT, [[t] for t in texts])], [contract.VECTOR]
 
 
 def similar_request(
@@ -80,17 +80,19 @@ def similar_request(
 ) -> tuple[str, list, list[str]]:
     if sum(q is not None for q in (item_id, text, vector)) != 1:
         raise ValueError("give exactly one of item_id, text and vector")
-    k_input = grpcclient.InferInput("K", [1, 1], "INT32")
+    k_input = grpcclient.InferInput(contract.K, [1, 1], contract.SIMILAR.input(contract.K).dtype)
     k_input.set_data_from_numpy(np.array([[k]], dtype=np.int32))
     if vector is not None:
         row = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        query = grpcclient.InferInput("VECTOR", list(row.shape), "FP32")
+        query = grpcclient.InferInput(
+            contract.VECTOR, list(row.shape), contract.SIMILAR.input(contract.VECTOR).dtype
+        )
         query.set_data_from_numpy(row)
     elif item_id is not None:
-        query = _bytes_input("ITEM_ID", [[item_id]])
+        query = _bytes_input(contract.ITEM_ID, [[item_id]])
     else:
-        query = _bytes_input("TEXT", [[text]])
-    return contract.SIMILAR.name, [query, k_input], ["ITEM_IDS", "SCORES"]
+        query = _bytes_input(contract.TEXT, [[text]])
+    return contract.SIMILAR.name, [query, k_input], [contract.ITEM_IDS, contract.SCORES]
 
 
 def rank_request(
@@ -102,8 +104,8 @@ def rank_request(
     """Each side as texts or as catalogue item ids (exactly one of the two)."""
     inputs = []
     for texts, ids, texts_name, ids_name in (
-        (history, history_ids, "HISTORY", "HISTORY_IDS"),
-        (candidates, candidate_ids, "CANDIDATES", "CANDIDATE_IDS"),
+        (history, history_ids, contract.HISTORY, contract.HISTORY_IDS),
+        (candidates, candidate_ids, contract.CANDIDATES, contract.CANDIDATE_IDS),
     ):
         if (texts is None) == (ids is None):
             raise ValueError(f"rank needs exactly one of {texts_name.lower()} and {ids_name.lower()}")
@@ -111,7 +113,7 @@ def rank_request(
         if not values:
             raise ValueError(f"rank needs at least one item in {name.lower()}")
         inputs.append(_bytes_input(name, [list(values)]))
-    return contract.RANK.name, inputs, ["SCORES"]
+    return contract.RANK.name, inputs, [contract.SCORES]
 
 
 def _outputs(result, names: list[str]) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """The serving contract, defined once: public models, their tensors, limits and request checks.
 
-The python models in model_repo/, the client and the tests all read this module; a test checks that every
-config.pbtxt says the same (tests/server/test_contract.py).
+Every other part reads this module: export generates each model's tensor sections of config.pbtxt from it
+(llmrec.server.ensembles), the python models in model_repo/ and the client take tensor names from it, and a
+test holds the rest of the repository to spelling no tensor name itself (tests/server/test_contract.py).
 
     embed    TEXT [b, 1] BYTES                                  -> VECTOR [b, d] FP32 (L2-normalised)
     similar  ITEM_ID or TEXT [b, 1] BYTES or VECTOR [b, d] FP32,
@@ -30,10 +31,20 @@ MAX_HISTORY = 200
 MAX_CANDIDATES = 1_000
 
 
+# The tensors' names on the wire, spelt here only (tests/server/test_contract.py holds the rest of the
+# repository to that): the python models, the client, the load tests and the generated configs use these.
+TEXT, ITEM_ID, VECTOR, K = "TEXT", "ITEM_ID", "VECTOR", "K"
+HISTORY, HISTORY_IDS, CANDIDATES, CANDIDATE_IDS = "HISTORY", "HISTORY_IDS", "CANDIDATES", "CANDIDATE_IDS"
+ITEM_IDS, SCORES = "ITEM_IDS", "SCORES"
+# A tensor's data type: Triton's wire name -> its name in config.pbtxt, and the numpy type that carries it.
+CONFIG_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
+NUMPY_TYPES = {"BYTES": np.object_, "FP32": np.float32, "INT32": np.int32}
+
+
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str  # Triton's name: BYTES, FP32, INT32
+    dtype: str  # Triton's wire name: BYTES, FP32, INT32 (CONFIG_TYPES)
     dims: tuple[int, ...]  # without the batch dimension; -1 is variable
     optional: bool = False
 
@@ -50,37 +61,54 @@ class Model:
     # one request per execution (preferred batch size 1, no delay) needs no gate: it checks its own inputs,
     # and each call saves a python-backend round trip (about 1 ms of a 3.4 ms `similar` call at 1M items).
     merges_requests: bool = True
+    # The warm-up request Triton sends each instance at load: (BYTES input, number of catalogue texts).
+    warmup: tuple[tuple[str, int], ...] = ()
+
+    def input(self, name: str) -> Tensor:
+        return _named(self.inputs, name, f"{self.name} input")
+
+    def output(self, name: str) -> Tensor:
+        return _named(self.outputs, name, f"{self.name} output")
+
+
+def _named(tensors: tuple[Tensor, ...], name: str, what: str) -> Tensor:
+    for tensor in tensors:
+        if tensor.name == name:
+            return tensor
+    raise KeyError(f"no {what} named {name!r}: {[t.name for t in tensors]}")
 
 
 EMBED = Model(
     "embed",
-    inputs=(Tensor("TEXT", "BYTES", (1,)),),
-    outputs=(Tensor("VECTOR", "FP32", (-1,)),),
+    inputs=(Tensor(TEXT, "BYTES", (1,)),),
+    outputs=(Tensor(VECTOR, "FP32", (-1,)),),
     max_batch_size=64,
+    warmup=((TEXT, 1),),
 )
 SIMILAR = Model(
     "similar",
     inputs=(
-        Tensor("ITEM_ID", "BYTES", (1,), optional=True),
-        Tensor("TEXT", "BYTES", (1,), optional=True),
-        Tensor("VECTOR", "FP32", (-1,), optional=True),
-        Tensor("K", "INT32", (1,)),
+        Tensor(ITEM_ID, "BYTES", (1,), optional=True),
+        Tensor(TEXT, "BYTES", (1,), optional=True),
+        Tensor(VECTOR, "FP32", (-1,), optional=True),
+        Tensor(K, "INT32", (1,)),
     ),
-    outputs=(Tensor("ITEM_IDS", "BYTES", (-1,)), Tensor("SCORES", "FP32", (-1,))),
+    outputs=(Tensor(ITEM_IDS, "BYTES", (-1,)), Tensor(SCORES, "FP32", (-1,))),
     max_batch_size=64,
     merges_requests=False,  # an index search costs less than the round trip a gate adds
 )
 RANK = Model(
     "rank",
     inputs=(
-        Tensor("HISTORY", "BYTES", (-1,), optional=True),
-        Tensor("HISTORY_IDS", "BYTES", (-1,), optional=True),
-        Tensor("CANDIDATES", "BYTES", (-1,), optional=True),
-        Tensor("CANDIDATE_IDS", "BYTES", (-1,), optional=True),
+        Tensor(HISTORY, "BYTES", (-1,), optional=True),
+        Tensor(HISTORY_IDS, "BYTES", (-1,), optional=True),
+        Tensor(CANDIDATES, "BYTES", (-1,), optional=True),
+        Tensor(CANDIDATE_IDS, "BYTES", (-1,), optional=True),
     ),
-    outputs=(Tensor("SCORES", "FP32", (-1,)),),
+    outputs=(Tensor(SCORES, "FP32", (-1,)),),
     max_batch_size=16,
     merges_requests=False,  # rows of precomputed or cached vectors and a small head
+    warmup=((HISTORY, 2), (CANDIDATES, 2)),
 )
 MODELS = {m.name: m for m in (EMBED, SIMILAR, RANK)}
 LOAD_ORDER = (

@@ -7,11 +7,8 @@ bad request gets its own error response and the others are answered (llmrec.serv
 
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
 from llmrec.server.batch import input_of, run_batch
-from llmrec.server.contract import as_item, decode_text
+from llmrec.server.contract import EMBED, TEXT, VECTOR, as_item, decode_text
 from llmrec.server.runtime import NoteEmbedder, model_precision
 
 
@@ -21,13 +18,12 @@ class TritonPythonModel:
         self.embedder = NoteEmbedder(folder, precision=model_precision(args["model_config"]))
 
     def execute(self, requests):
-        return run_batch(requests, _items, self.embedder.embed, _vectors, "embed")
+        return run_batch(requests, EMBED, _items, self._embed)
+
+    def _embed(self, items):
+        return {VECTOR: self.embedder.embed(items)}
 
 
 def _items(request):
-    texts = input_of(request, "TEXT").reshape(-1)
-    return [as_item(decode_text(t, f"TEXT[{r}]"), f"TEXT[{r}]") for r, t in enumerate(texts)]
-
-
-def _vectors(results):
-    return [pb_utils.Tensor("VECTOR", np.ascontiguousarray(np.asarray(results), dtype=np.float32))]
+    texts = input_of(request, TEXT).reshape(-1)
+    return [as_item(decode_text(t, f"{TEXT}[{r}]"), f"{TEXT}[{r}]") for r, t in enumerate(texts)]

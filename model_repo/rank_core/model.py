@@ -10,11 +10,21 @@ bad request gets its own error and the others are scored. The cache's lookups go
 
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from llmrec.server.batch import input_of, run_batch
-from llmrec.server.contract import MAX_CANDIDATES, MAX_HISTORY, BadRequest, decode_text
+from llmrec.server.contract import (
+    CANDIDATE_IDS,
+    CANDIDATES,
+    HISTORY,
+    HISTORY_IDS,
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    RANK,
+    SCORES,
+    BadRequest,
+    decode_text,
+)
 from llmrec.server.runtime import ById, RankScorer, limit_threads, model_precision, model_threads
 
 
@@ -60,7 +70,7 @@ class TritonPythonModel:
         self.booked = (0, 0)
 
     def execute(self, requests):
-        responses = run_batch(requests, self._users, self.scorer.score, _scores, "rank")
+        responses = run_batch(requests, RANK, self._users, self._score)
         cache = self.scorer.cache
         try:  # the answers are computed: a metrics failure is logged, never turned into failed requests
             self.hits.increment(cache.hits - self.booked[0])
@@ -72,10 +82,9 @@ class TritonPythonModel:
         return responses
 
     def _users(self, request):
-        history = _side(request, self.scorer, "HISTORY", "HISTORY_IDS", MAX_HISTORY)
-        candidates = _side(request, self.scorer, "CANDIDATES", "CANDIDATE_IDS", MAX_CANDIDATES)
+        history = _side(request, self.scorer, HISTORY, HISTORY_IDS, MAX_HISTORY)
+        candidates = _side(request, self.scorer, CANDIDATES, CANDIDATE_IDS, MAX_CANDIDATES)
         return list(zip(history, candidates, strict=True))
 
-
-def _scores(results):
-    return [pb_utils.Tensor("SCORES", np.ascontiguousarray(np.stack(results), dtype=np.float32))]
+    def _score(self, users):
+        return {SCORES: self.scorer.score(users)}

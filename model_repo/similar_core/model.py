@@ -15,8 +15,23 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from llmrec.server import ensembles
 from llmrec.server.batch import Overloaded, input_of, run_batch
-from llmrec.server.contract import EMBED, BadRequest, as_item, check_k, check_vectors, decode_text
+from llmrec.server.contract import (
+    EMBED,
+    ITEM_ID,
+    ITEM_IDS,
+    SCORES,
+    SIMILAR,
+    TEXT,
+    VECTOR,
+    BadRequest,
+    K,
+    as_item,
+    check_k,
+    check_vectors,
+    decode_text,
+)
 from llmrec.server.item_index import ItemIndex
 from llmrec.server.runtime import check_index_matches_embed, limit_threads, model_threads
 
@@ -29,16 +44,16 @@ class TritonPythonModel:
 
     def _parse(self, request):
         """One row per query: (k, query vector or None, text to embed or None, the item it excludes or None)."""
-        ids = input_of(request, "ITEM_ID", required=False)
-        texts = input_of(request, "TEXT", required=False)
-        vectors = input_of(request, "VECTOR", required=False)
+        ids = input_of(request, ITEM_ID, required=False)
+        texts = input_of(request, TEXT, required=False)
+        vectors = input_of(request, VECTOR, required=False)
         if sum(x is not None for x in (ids, texts, vectors)) != 1:
-            raise BadRequest("give exactly one of ITEM_ID, TEXT and VECTOR")
-        ks = input_of(request, "K").reshape(-1)
+            raise BadRequest(f"give exactly one of {ITEM_ID}, {TEXT} and {VECTOR}")
+        ks = input_of(request, K).reshape(-1)
         if len(set(ks.tolist())) != 1:
             raise BadRequest(f"all rows of a request share one K, got {sorted(set(ks.tolist()))[:5]}")
         if ids is not None:
-            item_ids = [decode_text(t, f"ITEM_ID[{r}]") for r, t in enumerate(ids.reshape(-1))]
+            item_ids = [decode_text(t, f"{ITEM_ID}[{r}]") for r, t in enumerate(ids.reshape(-1))]
             k = check_k(int(ks[0]), len(self.index) - 1)
             return [(k, v, None, i) for v, i in zip(self.index.vectors_of(item_ids), item_ids, strict=True)]
         k = check_k(int(ks[0]), len(self.index))
@@ -46,7 +61,8 @@ class TritonPythonModel:
             return [(k, v, None, None) for v in check_vectors(vectors, self.index.dim)]
         texts = texts.reshape(-1)
         for r, t in enumerate(texts):
-            as_item(decode_text(t, f"TEXT[{r}]"), f"TEXT[{r}]")  # refuses what `embed` would
+            what = f"{TEXT}[{r}]"
+            as_item(decode_text(t, what), what)  # refuses what `embed` would
         return [(k, None, t, None) for t in texts]
 
     def _embed(self, texts):
@@ -54,16 +70,16 @@ class TritonPythonModel:
         for start in range(0, len(texts), EMBED.max_batch_size):
             chunk = np.asarray(texts[start : start + EMBED.max_batch_size], dtype=np.object_).reshape(-1, 1)
             response = pb_utils.InferenceRequest(
-                model_name="embed_core",
-                requested_output_names=["VECTOR"],
-                inputs=[pb_utils.Tensor("TEXT", chunk)],
+                model_name=ensembles.core(EMBED.name),
+                requested_output_names=[VECTOR],
+                inputs=[pb_utils.Tensor(TEXT, chunk)],
             ).exec()
             if response.has_error():
                 error = response.error()
                 if error.code() == pb_utils.TritonError.UNAVAILABLE:  # embed's queue is full or timed out
                     raise Overloaded(f"the embed model is overloaded: {error.message()}")
                 raise RuntimeError(f"the embed model failed: {error.message()}")
-            vectors = pb_utils.get_output_tensor_by_name(response, "VECTOR").as_numpy()
+            vectors = pb_utils.get_output_tensor_by_name(response, VECTOR).as_numpy()
             if vectors.shape != (len(chunk), self.index.dim):
                 raise RuntimeError(
                     f"the embed model gave vectors of shape {vectors.shape}, the index has {self.index.dim}-d"
@@ -72,19 +88,17 @@ class TritonPythonModel:
         return np.concatenate(out)
 
     def _search(self, rows):
-        """(ids, scores) of each row, its own k of them."""
+        """The ids and scores of each row, its own k of them."""
         texts = [text for _, _, text, _ in rows if text is not None]
         embedded = iter(self._embed(texts) if texts else ())
         queries = np.stack([next(embedded) if text is not None else v for _, v, text, _ in rows])
         k_max = max(k for k, _, _, _ in rows)
         ids, scores = self.index.search(queries, k_max, [exclude for _, _, _, exclude in rows])
-        return [(i[:k], s[:k]) for (k, _, _, _), i, s in zip(rows, ids, scores, strict=True)]
+        ks = [k for k, _, _, _ in rows]
+        return {
+            ITEM_IDS: [np.asarray(i[:k], dtype=np.object_) for k, i in zip(ks, ids, strict=True)],
+            SCORES: [s[:k] for k, s in zip(ks, scores, strict=True)],
+        }
 
     def execute(self, requests):
-        return run_batch(requests, self._parse, self._search, _neighbours, "similar")
-
-
-def _neighbours(results):
-    ids = np.array([i for i, _ in results], dtype=np.object_)
-    scores = np.ascontiguousarray(np.stack([s for _, s in results]), dtype=np.float32)
-    return [pb_utils.Tensor("ITEM_IDS", ids), pb_utils.Tensor("SCORES", scores)]
+        return run_batch(requests, SIMILAR, self._parse, self._search)

@@ -15,6 +15,7 @@ import pytest
 from llmrec.loadtest import openloop, perf_analyzer, report, runner
 from llmrec.loadtest.suite import counts_agree, run_suite, target
 from llmrec.loadtest.workload import Workload
+from llmrec.server import contract
 from llmrec.server.admission import Limits
 from tests.conftest import make_items
 
@@ -91,7 +92,7 @@ def test_open_loop_requests_for_every_model():
         built = openloop.requests(workload, model, count=3)
         assert len(built) == 3 and built[0].model_name == model and built[0].raw_input_contents
     by_ids = openloop.requests(workload, "rank", count=1, rank_by="ids")[0]
-    assert {i.name for i in by_ids.inputs} == {"HISTORY_IDS", "CANDIDATE_IDS"}
+    assert {i.name for i in by_ids.inputs} == {contract.HISTORY_IDS, contract.CANDIDATE_IDS}
 
 
 def test_a_workload_from_a_catalogue_smaller_than_twice_the_candidates():

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from llmrec.server import admission
+from llmrec.server import admission, contract
 from llmrec.server.admission import AdmissionProxy, Limits
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import GRPC_CONTROL_HEADER
@@ -65,9 +65,9 @@ def test_the_excess_is_refused_at_once_with_unavailable_and_the_server_keeps_ser
     with AdmissionProxy(server.grpc_url, limits, log_path=tmp_path / "proxy.log") as proxy:
 
         async def one(client, i: int) -> str:
-            text = grpcaio.InferInput("TEXT", [1, 1], "BYTES")
+            text = grpcaio.InferInput(contract.TEXT, [1, 1], "BYTES")
             text.set_data_from_numpy(np.array([[f"a film about {i}".encode()]], dtype=object))
-            k = grpcaio.InferInput("K", [1, 1], "INT32")
+            k = grpcaio.InferInput(contract.K, [1, 1], "INT32")
             k.set_data_from_numpy(np.array([[5]], dtype="int32"))
             try:
                 await client.infer("similar", [text, k])

@@ -1,6 +1,10 @@
-"""One source of truth: every config.pbtxt and python model says what llmrec.server.contract says."""
+"""One source of truth: the contract generates every config's tensors; nothing else spells a tensor name."""
 
+import ast
+import io
 import re
+import subprocess
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +15,16 @@ from tritonclient.grpc import model_config_pb2
 from llmrec.server import contract, ensembles, runtime
 from llmrec.server.contract import BadRequest, as_item, check_k, check_vectors, decode_text
 
-REPO = Path(__file__).resolve().parents[2] / "model_repo"
-DTYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
-
-
-TARGETS = {"cpu": "config.pbtxt", "gpu": "configs/gpu.pbtxt"}
+ROOT = Path(__file__).resolve().parents[2]
+REPO = ROOT / "model_repo"
+TENSOR_NAMES = {t.name for m in contract.MODELS.values() for t in (*m.inputs, *m.outputs)}
 
 
 def read_config(model: str, target: str = "cpu") -> model_config_pb2.ModelConfig:
-    """The checked-in config of a public model's core (what carries its per-target settings)."""
-    path = REPO / ensembles.core(model) / TARGETS[target]
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    """The generated config of a public model's core on `target` (what export writes)."""
+    return text_format.Parse(
+        ensembles.core_config(contract.MODELS[model], target), model_config_pb2.ModelConfig()
+    )
 
 
 def tensors(entries) -> set:
@@ -32,10 +35,10 @@ def tensors(entries) -> set:
 
 
 def expected(entries, all_optional: bool = False) -> set:
-    return {(t.name, DTYPES[t.dtype], t.dims, t.optional or all_optional) for t in entries}
+    return {(t.name, contract.CONFIG_TYPES[t.dtype], t.dims, t.optional or all_optional) for t in entries}
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("target", sorted(ensembles.TARGETS))
 @pytest.mark.parametrize("name", sorted(contract.MODELS))
 def test_config_matches_the_contract(name, target):
     model, config = contract.MODELS[name], read_config(name, target)
@@ -63,26 +66,88 @@ def test_config_matches_the_contract(name, target):
         assert 0 < policy.default_timeout_microseconds <= 1_000_000
         assert model_config_pb2.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action) == "REJECT"
     assert config.version_policy.latest.num_versions == 1
-    for warmup in config.model_warmup:  # warm-up requests name real inputs
-        assert set(warmup.inputs) <= {t.name for t in model.inputs}
+    warmups = {w.name: w for w in config.model_warmup}
+    assert len(warmups) == (1 if model.warmup else 0)
+    for warmup in warmups.values():  # warm-up requests feed real inputs, from the files export writes
+        assert {k: (list(v.dims), v.input_data_file) for k, v in warmup.inputs.items()} == {
+            name: ([rows], ensembles.warmup_file(name)) for name, rows in model.warmup
+        }
+
+
+@pytest.mark.parametrize("target", sorted(ensembles.TARGETS))
+@pytest.mark.parametrize("name", sorted(contract.MODELS))
+def test_checked_in_settings_hold_no_tensors(name, target):
+    """model_repo/<core>/<target>.pbtxt carries per-target settings only: the rest is the contract's."""
+    settings = (REPO / ensembles.core(name) / f"{target}.pbtxt").read_text()
+    config = text_format.Parse(settings, model_config_pb2.ModelConfig())
+    assert (config.name, config.backend, config.max_batch_size) == ("", "", 0)
+    assert not (config.input or config.output or config.model_warmup)
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, value) of every plain string literal of a Python file (f-strings are not literals)."""
+    found = []
+    for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if token.type == tokenize.STRING and not re.match(r"^[rbuRBU]*[fF]", token.string):
+            try:
+                found.append((token.start[0], ast.literal_eval(token.string)))
+            except (ValueError, SyntaxError):
+                continue
+    return found
+
+
+def test_no_tensor_name_or_config_type_is_spelt_outside_the_contract():
+    """Renaming a tensor or changing its type is one edit in server/contract.py: no tracked file spells a
+    tensor name as a string of its own, or a config data type (export generates every config)."""
+    files = subprocess.run(
+        ["git", "ls-files", "*.py", "*.pbtxt", "*.yml", "*.yaml", "*.json", "*.cfg"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    config_types = re.compile("|".join(contract.CONFIG_TYPES.values()))
+    quoted = re.compile("|".join(rf'"{n}"' for n in TENSOR_NAMES))
+    found = []
+    for name in files:
+        path = ROOT / name
+        if name == "server/contract.py" or not path.is_file():
+            continue
+        text = path.read_text()
+        found += [f"{name}: {m.group()}" for m in config_types.finditer(text)]
+        if path.suffix == ".py":
+            found += [f"{name}:{line}: {v!r}" for line, v in _string_literals(path) if v in TENSOR_NAMES]
+        else:
+            found += [f"{name}: {m.group()}" for m in quoted.finditer(text)]
+    assert not found, "spelt outside server/contract.py (use its constants):\n" + "\n".join(found)
+
+
+def _names_used(source: str) -> tuple[set, set]:
+    """Tensor names a python model reads (input_of / _side arguments) and writes (keys of the dicts its
+    compute returns), as contract constants resolved to their values."""
+    read, written = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            args = {"input_of": node.args[1:2], "_side": node.args[2:4]}.get(node.func.id, [])
+            read |= {getattr(contract, a.id) for a in args if isinstance(a, ast.Name) and a.id.isupper()}
+        if isinstance(node, ast.Dict):
+            written |= {
+                getattr(contract, k.id) for k in node.keys if isinstance(k, ast.Name) and k.id.isupper()
+            }
+    return read, written
 
 
 @pytest.mark.parametrize("name", sorted(contract.MODELS))
 def test_python_model_reads_and_writes_only_contract_tensors(name):
-    source = (REPO / ensembles.core(name) / "model.py").read_text()
+    read, written = _names_used((REPO / ensembles.core(name) / "model.py").read_text())
     model = contract.MODELS[name]
-    read = set(re.findall(r'input_of\(request, "(\w+)"', source))  # llmrec.server.batch
-    for pair in re.findall(r'_side\(request, [\w.]+, "(\w+)", "(\w+)"', source):  # rank: texts or ids
-        read |= set(pair)
-    written = set(re.findall(r'pb_utils\.Tensor\("(\w+)"', source))
-    if name == "similar":
-        written.discard("TEXT")  # the input of its BLS call to `embed`
     assert read == {t.name for t in model.inputs}
     assert written == {t.name for t in model.outputs}
 
 
 def test_no_other_models_in_the_repository():
-    assert {p.name for p in REPO.iterdir() if p.is_dir()} == {ensembles.core(m) for m in contract.MODELS}
+    folders = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    assert folders == {ensembles.core(m) for m in contract.MODELS}
 
 
 @pytest.mark.parametrize("name", sorted(contract.MODELS))

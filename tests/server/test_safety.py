@@ -23,7 +23,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from llmrec.loadtest import fuzz
-from llmrec.server import ensembles, item_index, metrics, runtime, versions
+from llmrec.server import contract, ensembles, item_index, metrics, runtime, versions
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER, MODELS
 from llmrec.server.launcher import TritonServer, free_ports
@@ -178,30 +178,36 @@ def _k(k):
 
 
 MIXED = [  # (model, inputs, None for a valid request or a fragment of the error message)
-    ("embed", lambda: [_bytes("TEXT", [["Movie 1"], ["Heat"], ['{"title": ' + "[" * 4000 + "]" * 4000 + "}"]])],
+    ("embed", lambda: [_bytes(contract.TEXT, [["Movie 1"], ["Heat"], ['{"title": ' + "[" * 4000 + "]" * 4000 + "}"]])],
      "TEXT[2] is JSON nested too deeply"),
-    ("embed", lambda: [_bytes("TEXT", [['{"title": ' + "9" * 5000 + "}"]])], "TEXT[0] is JSON that cannot be read"),
-    ("embed", lambda: [_bytes("TEXT", [["x" * 300_000]])], "TEXT[0] is 300000 bytes; the limit is 16384"),
-    ("embed", lambda: [_raw("TEXT", b"\x40\x42\x0f\x00abc")], "incomplete string data for inference input 'TEXT'"),
-    ("embed", lambda: [_bytes("TEXT", [["a", "b"]])], "'TEXT'"),
-    ("similar", lambda: [_raw("ITEM_ID", b"\xff\xff\x00\x00ab"), _k(3)], "incomplete string data for inference input 'ITEM_ID'"),
-    ("similar", lambda: [_bytes("TEXT", [["{\"title\": {\"a\": 1}}"]]), _k(3)], "field 'title' must be a string"),
-    ("similar", lambda: [_bytes("ITEM_ID", [["3"]])], "'K'"),
+    ("embed", lambda: [_bytes(contract.TEXT, [['{"title": ' + "9" * 5000 + "}"]])], "TEXT[0] is JSON that cannot be read"),
+    ("embed", lambda: [_bytes(contract.TEXT, [["x" * 300_000]])], "TEXT[0] is 300000 bytes; the limit is 16384"),
+    ("embed", lambda: [_raw(contract.TEXT, b"\x40\x42\x0f\x00abc")], "incomplete string data for inference input 'TEXT'"),
+    ("embed", lambda: [_bytes(contract.TEXT, [["a", "b"]])], "'TEXT'"),
+    ("similar", lambda: [_raw(contract.ITEM_ID, b"\xff\xff\x00\x00ab"), _k(3)], "incomplete string data for inference input 'ITEM_ID'"),
+    ("similar", lambda: [_bytes(contract.TEXT, [["{\"title\": {\"a\": 1}}"]]), _k(3)], "field 'title' must be a string"),
+    ("similar", lambda: [_bytes(contract.ITEM_ID, [["3"]])], "'K'"),
     ("similar", lambda: [fuzz._vector(np.full(16, 1e30)), _k(40)], None),
     ("similar", lambda: [fuzz._vector(np.ones(9)), _k(3)], "VECTOR must have 16 values per row"),
-    ("rank", lambda: [_bytes("HISTORY", [[""]]), _bytes("CANDIDATES", [["Movie 1"]])], "HISTORY[0][0] is empty"),
-    ("rank", lambda: [_bytes("HISTORY", [["Movie 1"]]), _bytes("CANDIDATES", [["Movie 2", "y" * 20_000]])],
+    ("rank", lambda: [_bytes(contract.HISTORY, [[""]]), _bytes(contract.CANDIDATES, [["Movie 1"]])], "HISTORY[0][0] is empty"),
+    ("rank", lambda: [_bytes(contract.HISTORY, [["Movie 1"]]), _bytes(contract.CANDIDATES, [["Movie 2", "y" * 20_000]])],
      "CANDIDATES[0][1] is 20000 bytes; the limit is 16384"),
-    ("rank", lambda: [_bytes("HISTORY", [["h" * 17_000]]), _bytes("CANDIDATES", [["Movie 2"]])],
+    ("rank", lambda: [_bytes(contract.HISTORY, [["h" * 17_000]]), _bytes(contract.CANDIDATES, [["Movie 2"]])],
      "HISTORY[0][0] is 17000 bytes; the limit is 16384"),
-    ("rank", lambda: [_raw("HISTORY", b"\x10\x00\x00\x00a"), _bytes("CANDIDATES", [["Movie 1"]])],
+    ("rank", lambda: [_raw(contract.HISTORY, b"\x10\x00\x00\x00a"), _bytes(contract.CANDIDATES, [["Movie 1"]])],
      "incomplete string data for inference input 'HISTORY'"),
 ]  # fmt: skip
 VALID = [
-    ("embed", lambda: [_bytes("TEXT", [["Movie 2"]])]),
-    ("similar", lambda: [_bytes("ITEM_ID", [["5"]]), _k(4)]),
-    ("similar", lambda: [_bytes("TEXT", [["Movie 7"]]), _k(4)]),
-    ("rank", lambda: [_bytes("HISTORY", [["Movie 1", "Movie 2"]]), _bytes("CANDIDATES", [["Movie 3"]])]),
+    ("embed", lambda: [_bytes(contract.TEXT, [["Movie 2"]])]),
+    ("similar", lambda: [_bytes(contract.ITEM_ID, [["5"]]), _k(4)]),
+    ("similar", lambda: [_bytes(contract.TEXT, [["Movie 7"]]), _k(4)]),
+    (
+        "rank",
+        lambda: [
+            _bytes(contract.HISTORY, [["Movie 1", "Movie 2"]]),
+            _bytes(contract.CANDIDATES, [["Movie 3"]]),
+        ],
+    ),
 ]
 
 
@@ -245,7 +251,7 @@ def test_an_oversized_text_is_refused_at_the_gate_and_never_reaches_the_core(ser
     before = metrics.scrape(server.metrics_url)
     with pytest.raises(InferenceServerException, match=r"TEXT\[0\] is 5000000 bytes; the limit is 16384"):
         grpcclient.InferenceServerClient(server.grpc_url).infer(
-            "embed", [_bytes("TEXT", [["z" * 5_000_000]])]
+            "embed", [_bytes(contract.TEXT, [["z" * 5_000_000]])]
         )
     after = metrics.scrape(server.metrics_url)
     seen = {m: after.get(("nv_inference_request_success", m), 0) - before.get(("nv_inference_request_success", m), 0)

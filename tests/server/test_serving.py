@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmrec.server import item_index, metrics, runtime
+from llmrec.server import contract, item_index, metrics, runtime
 from llmrec.server.client import AsyncRankingClient, RankingClient, ServingError
 from llmrec.server.launcher import ServerError, TritonServer
 from llmrec.training.encoders import item_text
@@ -119,16 +119,22 @@ def test_every_model_over_http(served):
         tensor.set_data_from_numpy(np.array(rows, dtype=np.object_))
         return tensor
 
-    out = client.infer("embed", [strings("TEXT", [["Movie 1"], ["Movie 2"]])]).as_numpy("VECTOR")
-    assert out.shape == (2, 16)
-    k = httpclient.InferInput("K", [1, 1], "INT32")
-    k.set_data_from_numpy(np.array([[4]], dtype=np.int32))
-    result = client.infer("similar", [strings("ITEM_ID", [["7"]]), k])
-    assert result.as_numpy("ITEM_IDS").shape == (1, 4) and result.as_numpy("SCORES").shape == (1, 4)
-    scores = client.infer(
-        "rank", [strings("HISTORY", [texts(served, 2)]), strings("CANDIDATES", [texts(served, 3, 5)])]
+    out = client.infer("embed", [strings(contract.TEXT, [["Movie 1"], ["Movie 2"]])]).as_numpy(
+        contract.VECTOR
     )
-    assert scores.as_numpy("SCORES").shape == (1, 3)
+    assert out.shape == (2, 16)
+    k = httpclient.InferInput(contract.K, [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[4]], dtype=np.int32))
+    result = client.infer("similar", [strings(contract.ITEM_ID, [["7"]]), k])
+    assert result.as_numpy(contract.ITEM_IDS).shape == (1, 4) and result.as_numpy(contract.SCORES).shape == (
+        1,
+        4,
+    )
+    scores = client.infer(
+        "rank",
+        [strings(contract.HISTORY, [texts(served, 2)]), strings(contract.CANDIDATES, [texts(served, 3, 5)])],
+    )
+    assert scores.as_numpy(contract.SCORES).shape == (1, 3)
 
 
 BAD = [
@@ -171,14 +177,14 @@ def raw_grpc(served, model, inputs):
 
 
 def test_wrong_dtype_and_shape_are_refused_by_the_server(served):
-    k = grpcclient.InferInput("K", [1, 1], "FP32")
+    k = grpcclient.InferInput(contract.K, [1, 1], "FP32")
     k.set_data_from_numpy(np.array([[3.0]], dtype=np.float32))
-    item = grpcclient.InferInput("ITEM_ID", [1, 1], "BYTES")
+    item = grpcclient.InferInput(contract.ITEM_ID, [1, 1], "BYTES")
     item.set_data_from_numpy(np.array([[b"1"]], dtype=np.object_))
     assert "input 'K' data-type is 'FP32', but model 'similar' expects 'INT32'" in raw_grpc(
         served, "similar", [item, k]
     )
-    text = grpcclient.InferInput("TEXT", [1, 2], "BYTES")
+    text = grpcclient.InferInput(contract.TEXT, [1, 2], "BYTES")
     text.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=np.object_))
     message = raw_grpc(served, "embed", [text])
     assert "INVALID_ARGUMENT" in message and "'TEXT'" in message and "shape" in message, message
