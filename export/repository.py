@@ -96,8 +96,8 @@ def export_embed(
 ) -> dict:
     """NoteLLM item encoder -> <repo>/embed/<version>/; returns the parity summary (with `fp16`: the fp32
     graph's, plus the fp16 graph's under "fp16")."""
+    from llmrec.server.prompts import collate
     from llmrec.training.notellm.model import NoteLLM
-    from llmrec.training.notellm.prompts import collate
 
     model = NoteLLM.load(notellm_dir / "model").eval()
     model.lm.config._attn_implementation = "eager"  # the exporter traces eager attention

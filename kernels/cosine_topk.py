@@ -1,7 +1,7 @@
 """Fused cosine top-k: scoring and selection in one pass over the item matrix.
 
 Queries Q (q, d) and items X (n, d) are L2-normalised, so cosine = Q X^T. Writing the q x n score
-matrix and reading it back costs more than the scan itself (PAPERS.md section 3), so each program
+matrix and reading it back costs more than the scan itself (2 N d bytes of items read once vs q N scores written and read back), so each program
 scores one tile of items at a time and folds it into a running top-K kept in registers; only the
 per-split partial top-K lists reach memory, and a small merge picks the final k.
 

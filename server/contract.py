@@ -169,6 +169,12 @@ def as_item(text: str, what: str = "the text") -> dict:
     return {"title": text, "topic": "", "content": "", "category": "", "tags": []}
 
 
+def item_text(item: dict) -> str:
+    """The plain text of a catalogue item: what the rank encoder and the sentence-encoder baselines read,
+    and what a client sends as an item's text."""
+    return " | ".join(p for p in (item["title"], item["topic"], item["content"]) if p)
+
+
 def check_vectors(vectors, dim: int) -> np.ndarray:
     """Query vectors of `similar`: (n, dim), finite, not all zero; returned L2-normalised (float32).
 

@@ -270,7 +270,13 @@ class ItemIndex:
     """The catalogue's ids and unit vectors; cosine top-k over them, exact or through a faiss index."""
 
     def __init__(
-        self, ids: list[str], vectors: np.ndarray, ann=None, kind: str = "exact", search: dict | None = None
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        ann=None,
+        kind: str = "exact",
+        search: dict | None = None,
+        device: str | None = None,
     ):
         self.ids = ids
         self.row = {item_id: i for i, item_id in enumerate(ids)}
@@ -279,14 +285,17 @@ class ItemIndex:
         self.depth = next(iter((search or {}).values()), 0)
         if ann is None:  # exact: the vectors take part in every search, on the kernels' device
             self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-            if torch.cuda.is_available():
-                self.vectors = self.vectors.cuda()
+            if device is None:  # not a served instance: CUDA where torch has it
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.vectors = self.vectors.to(device)
         else:  # ANN: the vectors are only read by id (memory-mapped rows)
             self.vectors = vectors
 
     @classmethod
-    def load(cls, folder: Path) -> ItemIndex:
-        """Loads and checks a version folder's index files; any problem is a ValueError that names the file."""
+    def load(cls, folder: Path, device: str | None = None) -> ItemIndex:
+        """Loads and checks a version folder's index files; any problem is a ValueError that names the file.
+        An exact index searches on `device` (a served instance's, llmrec.server.runtime.instance_device;
+        None: CUDA where torch has it); FAISS searches on the CPU."""
         folder = Path(folder)
         vec_path, ids_path, meta_path = folder / INDEX_VECTORS, folder / INDEX_IDS, folder / INDEX_META
         for path in (vec_path, ids_path):
@@ -317,7 +326,7 @@ class ItemIndex:
         if len(set(ids)) != len(ids):
             raise ValueError(f"item ids {ids_path} contain duplicates")
         if kind == "exact":
-            return cls(ids, _unit(vectors.astype(np.float32)))
+            return cls(ids, _unit(vectors.astype(np.float32)), device=device)
         ann_path = folder / INDEX_ANN
         if not ann_path.is_file():
             raise ValueError(f"ANN index {ann_path} is missing ({meta_path} says kind {kind!r})")

@@ -22,6 +22,8 @@ import torch
 from llmrec.server import ensembles, versions
 from llmrec.server.contract import BadRequest
 from llmrec.server.item_index import ItemIndex  # noqa: F401 (where similar_core's model.py of repositories exported before llmrec.server.item_index imports it from)
+from llmrec.server.prompts import PromptBuilder, PromptConfig, collate
+from llmrec.server.rank_head import RankerConfig, RankHead
 from llmrec.server.tokenizer import ServingTokenizer
 
 NOTELLM_ONNX = "notellm.onnx"
@@ -83,7 +85,27 @@ def limit_threads(threads: int | None) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-def _session(path: Path, threads: int | None = None):
+def instance_device(args: dict) -> str:
+    """Where a Triton model instance computes: its instance group's kind and device id (the `args` of
+    initialize()), never whatever devices the host happens to have. A KIND_GPU instance without CUDA is an
+    error that names the instance."""
+    if args.get("model_instance_kind", "CPU") != "GPU":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"model instance {args.get('model_instance_name')!r} is KIND_GPU but this torch sees no CUDA device"
+        )
+    return f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`device` as torch names it; None (the in-process benchmarks, export's checks): CUDA where torch has it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _session(path: Path, threads: int | None = None, device: torch.device | None = None):
     import onnxruntime as ort
 
     if not path.is_file():
@@ -95,30 +117,30 @@ def _session(path: Path, threads: int | None = None):
         threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # CUDA where this onnxruntime build has it (the GPU image), else the CPU.
-    providers = [
-        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
-    ]
+    device = device or resolve_device(None)
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda":  # the instance's GPU, through this onnxruntime build's CUDA provider
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                f"{path.name} should run on {device} but this onnxruntime has no CUDA provider"
+            )
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class NoteEmbedder:
     """Item texts -> NoteLLM vectors: the training prompt cut after [EMB], through the exported graph."""
 
-    def __init__(self, folder: Path, precision: str = "fp32"):
-        from llmrec.training.notellm.prompts import PromptBuilder, PromptConfig
-
+    def __init__(self, folder: Path, precision: str = "fp32", device: str | None = None):
         folder = Path(folder)
         meta = json.loads((folder / NOTELLM_META).read_text())
         tokenizer = ServingTokenizer(folder / TOKENIZER)
         self.prompts = PromptBuilder(tokenizer, PromptConfig(**meta["prompt"]))
         self.pad_id = tokenizer.pad_token_id
         self.dim = int(meta["emb_dim"])
-        self.session = _session(graph_path(folder, NOTELLM_ONNX, precision))
+        self.session = _session(graph_path(folder, NOTELLM_ONNX, precision), device=resolve_device(device))
 
     def inputs(self, items: list[dict]) -> dict[str, np.ndarray]:
-        from llmrec.training.notellm.prompts import collate
-
         batch = collate([self.prompts.embedding_prompt(item) for item in items], self.pad_id)
         return {"input_ids": batch["input_ids"].numpy(), "emb_index": batch["emb_index"].numpy()}
 
@@ -257,21 +279,18 @@ class RankScorer:
         warm: bool = True,
         precision: str = "fp32",
         threads: int | None = None,
+        device: str | None = None,
     ):
-        from llmrec.training.eaar.model import Ranker, RankerConfig
-
         folder = Path(folder)
         self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
         self.tokenize = ServingTokenizer(folder / TOKENIZER).padded(self.config.max_tokens)
-        self.session = _session(graph_path(folder, ENCODER_ONNX, precision), threads)
+        self.device = resolve_device(device)
+        self.session = _session(graph_path(folder, ENCODER_ONNX, precision), threads, self.device)
         state = torch.load(folder / RANKER_HEAD, map_location="cpu")
         hidden = int(state["hidden"])
-        self.head = Ranker(self.config, None, None, hidden=hidden)
+        self.head = RankHead(self.config, hidden)
         self.head.load_state_dict(state["params"], strict=True)
-        self.head.eval()
-        if torch.cuda.is_available():
-            self.head.cuda()
-        self.device = next(self.head.parameters()).device
+        self.head.eval().to(self.device)
         self.input_names = {i.name for i in self.session.get_inputs()}
         if cache_items is None:
             cache_items = int(os.environ.get("LLMREC_RANK_CACHE_ITEMS", RANK_CACHE_ITEMS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from llmrec.training.encoders import item_text
+from llmrec.server.contract import item_text
 
 
 def user_requests(

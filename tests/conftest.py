@@ -173,7 +173,8 @@ def tiny_runs(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
     import json
     from dataclasses import asdict
 
-    from llmrec.training.eaar.model import Ranker, RankerConfig, TextEncoder
+    from llmrec.server.rank_head import RankerConfig
+    from llmrec.training.eaar.model import Ranker, TextEncoder
     from llmrec.training.embed_io import save_vectors
     from llmrec.training.encoders import encode_notellm
     from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
@@ -202,8 +203,8 @@ def tiny_runs(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
 def tiny_repo(tmp_path_factory, tiny_runs):
     """A model repository exported from the tiny runs (version 1 of every model), and its parity reports."""
     from llmrec.export import repository
+    from llmrec.server.contract import item_text
     from llmrec.training.embed_io import load_vectors
-    from llmrec.training.encoders import item_text
 
     repo = tmp_path_factory.mktemp("model_repo")
     records = tiny_runs["items"].to_dict("records")

@@ -1,4 +1,4 @@
-"""Co-occurrence mining as NoteLLM defines it (PAPERS.md section 2).
+"""Co-occurrence mining as NoteLLM defines it (NoteLLM, arXiv 2403.01744).
 
 For each user i, interactions are ordered by time; "viewed A then clicked B" holds when A comes
 at most `window` positions before a click on B. Each user contributes 1/N_i to s(A -> B) at most

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from llmrec.server.contract import item_text
+from llmrec.server.prompts import collate
 from llmrec.training.backbones import MINILM, resolve_encoder
 from llmrec.training.notellm.model import NoteLLM
-from llmrec.training.notellm.prompts import collate
 
 
 def _batches(items: pd.DataFrame, batch_size: int, desc: str, progress: bool = True):
@@ -50,11 +51,6 @@ def encode_notellm(
             states = model.vector_states(hidden, batch["emb_index"]).float()
             out.append((F.normalize(states, dim=-1) if normalize else states).cpu())
     return torch.cat(out)
-
-
-def item_text(item: dict) -> str:
-    """Plain text of an item for sentence encoders."""
-    return " | ".join(p for p in (item["title"], item["topic"], item["content"]) if p)
 
 
 @torch.no_grad()

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llmrec.paths import cache_dir
+from llmrec.server.contract import item_text
 from llmrec.training.backbones import MINILM
 from llmrec.training.eaar.model import TextEncoder
-from llmrec.training.encoders import item_text
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss
 from llmrec.training.notellm.trainer import batches_without_repeats, seed_everything
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from llmrec.server.batch import input_of, run_batch
 from llmrec.server.contract import EMBED, TEXT, VECTOR, as_item, decode_text
-from llmrec.server.runtime import NoteEmbedder, model_precision
+from llmrec.server.runtime import NoteEmbedder, instance_device, model_precision
 
 
 class TritonPythonModel:
     def initialize(self, args):
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.embedder = NoteEmbedder(folder, precision=model_precision(args["model_config"]))
+        self.embedder = NoteEmbedder(
+            folder, precision=model_precision(args["model_config"]), device=instance_device(args)
+        )
 
     def execute(self, requests):
         return run_batch(requests, EMBED, _items, self._embed)

@@ -25,7 +25,14 @@ from llmrec.server.contract import (
     BadRequest,
     decode_text,
 )
-from llmrec.server.runtime import ById, RankScorer, limit_threads, model_precision, model_threads
+from llmrec.server.runtime import (
+    ById,
+    RankScorer,
+    instance_device,
+    limit_threads,
+    model_precision,
+    model_threads,
+)
 
 
 def _side(request, scorer: RankScorer, texts_name: str, ids_name: str, limit: int) -> list:
@@ -50,7 +57,12 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         threads = model_threads(args["model_config"])
         limit_threads(threads)
-        self.scorer = RankScorer(folder, precision=model_precision(args["model_config"]), threads=threads)
+        self.scorer = RankScorer(
+            folder,
+            precision=model_precision(args["model_config"]),
+            threads=threads,
+            device=instance_device(args),
+        )
         # one cache per instance: its own series (dashboards sum them)
         labels = {"model": "rank", "version": args["model_version"], "instance": args["model_instance_name"]}
         # The families must outlive their metrics (Triton refuses to update a metric of a deleted family).

@@ -33,12 +33,14 @@ from llmrec.server.contract import (
     decode_text,
 )
 from llmrec.server.item_index import ItemIndex
-from llmrec.server.runtime import check_index_matches_embed, limit_threads, model_threads
+from llmrec.server.runtime import check_index_matches_embed, instance_device, limit_threads, model_threads
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.index = ItemIndex.load(Path(args["model_repository"]) / args["model_version"])
+        self.index = ItemIndex.load(
+            Path(args["model_repository"]) / args["model_version"], instance_device(args)
+        )
         limit_threads(model_threads(args["model_config"]))  # after the load, which brings FAISS in
         check_index_matches_embed(self.index.dim, Path(args["model_repository"]).parent)
 

@@ -51,7 +51,7 @@ def _driver():
 def _workload(items, folder: Path) -> Path:
     """A load-test workload over the tiny catalogue (the locust service reads it from a mounted folder)."""
     from llmrec.loadtest.workload import Workload
-    from llmrec.training.encoders import item_text
+    from llmrec.server.contract import item_text
 
     records = items.to_dict("records")
     ids, texts = [r["item_id"] for r in records], [item_text(r) for r in records]

@@ -69,8 +69,8 @@ def test_served_vectors_match_pytorch_and_the_index(tiny_repo):
 
 
 def test_served_ranker_matches_the_trained_one(tiny_repo):
+    from llmrec.server.contract import item_text
     from llmrec.training.eaar.model import Ranker
-    from llmrec.training.encoders import item_text
 
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
     scorer = runtime.RankScorer(tiny_repo["repo"] / "rank_core" / "1")
@@ -119,7 +119,7 @@ def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
     reconfigured per call raised 'Already borrowed')."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from llmrec.training.encoders import item_text
+    from llmrec.server.contract import item_text
 
     texts = [item_text(r) for r in tiny_repo["items"].to_dict("records")]
     scorer = runtime.RankScorer(tiny_repo["repo"] / "rank_core" / "1")
@@ -133,7 +133,7 @@ def test_ranker_runtime_is_safe_to_call_from_threads(tiny_repo):
 def test_rank_scores_by_id_equal_scores_by_text(tiny_repo):
     """Export computed the catalogue's rank vectors by id through the served graph: the same items give the
     same scores whichever way they are named, and a load encodes nothing to warm its cache."""
-    from llmrec.training.encoders import item_text
+    from llmrec.server.contract import item_text
 
     records = tiny_repo["items"].to_dict("records")
     ids, texts = [r["item_id"] for r in records], [item_text(r) for r in records]

@@ -10,9 +10,9 @@ import pytest
 from llmrec.export import parity, repository
 from llmrec.server import runtime
 from llmrec.server.client import RankingClient
+from llmrec.server.contract import item_text
 from llmrec.server.launcher import TritonServer
 from llmrec.training.embed_io import load_vectors
-from llmrec.training.encoders import item_text
 
 
 @pytest.fixture(scope="module")

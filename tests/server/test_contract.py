@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -265,3 +266,20 @@ def test_k_checks():
         check_k(11, 10)
     with pytest.raises(BadRequest, match="exceeds the limit"):
         check_k(contract.MAX_K + 1, 10**6)
+
+
+def test_an_instance_computes_where_its_instance_group_says():
+    """The device comes from Triton's instance (kind, device id), not from what the host has."""
+    assert runtime.instance_device({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == "cpu"
+    gpu = {
+        "model_instance_kind": "GPU",
+        "model_instance_device_id": "1",
+        "model_instance_name": "rank_core_0",
+    }
+    if torch.cuda.is_available():
+        assert runtime.instance_device(gpu) == "cuda:1"
+    else:
+        with pytest.raises(
+            RuntimeError, match="'rank_core_0' is KIND_GPU but this torch sees no CUDA device"
+        ):
+            runtime.instance_device(gpu)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from llmrec.server import runtime
+from llmrec.server.contract import item_text
 from llmrec.server.runtime import VectorCache
-from llmrec.training.encoders import item_text
 
 
 def test_cache_is_least_recently_used_and_counts():

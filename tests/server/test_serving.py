@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmrec.server import contract, item_index, metrics, runtime
 from llmrec.server.client import AsyncRankingClient, RankingClient, ServingError
+from llmrec.server.contract import item_text
 from llmrec.server.launcher import ServerError, TritonServer
-from llmrec.training.encoders import item_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,2 +1,2 @@
 """GPT4SM's ranker family: a small BERT-class encoder with an LLM's embeddings as feature (EaaF),
-regularizer (EaaR) or pre-training target (EaaP) (PAPERS.md section 1)."""
+regularizer (EaaR) or pre-training target (EaaP) (GPT4SM: "Are GPT Embeddings Useful for Ads and Recommendation?", KSEM 2023)."""

@@ -1,57 +1,18 @@
-"""The GPT4SM ranker: text encoder -> guide-and-pool -> item vectors -> attention over the history -> scores.
-
-Strategies (PAPERS.md section 1), with u the teacher's (LLM's) L2-normalised vector of an item:
-  base  h = pool(E)                                     no LLM anywhere
-  eaaf  h = sum_i a_i [e_i ; u], a = softmax(w.[e;u]/sqrt(d))   u is a feature: needed at serving time too
-  eaar  c = W_c e_0, h = [c ; pool(E)],  loss = CE + w_r mean ||c/||c|| - u||    u only in training
-  eaap  the eaar network; the first `pretrain_steps` train only MSE(c/||c||, u), then CE alone
-pool(.) is the additive form q.tanh(V e + b) (released code) or the scaled-dot form (paper), a config field;
-EaaF always uses the scaled-dot form, which is how the paper defines it. Both go through `llmrec.kernels`.
-The user vector is additive attention over the history's item vectors; score = user . item.
-"""
+"""The GPT4SM ranker in training: text encoder -> the served head (llmrec.server.rank_head) -> scores, and
+its losses. The strategies and the head's equations: llmrec.server.rank_head."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec.kernels import additive_attention_pool, dot_attention_pool
-from llmrec.training.backbones import MINILM, resolve_encoder
-
-STRATEGIES = ("base", "eaaf", "eaar", "eaap")
-
-
-@dataclass
-class RankerConfig:
-    strategy: Literal["base", "eaaf", "eaar", "eaap"] = "eaar"
-    encoder: str = MINILM  # "minilm" or a BERT-class transformers folder
-    train_layers: int = 1  # top encoder layers that train (the paper: the top 4 of 12); 0 freezes it all
-    max_tokens: int = 32  # item text truncated to this many tokens (the paper: 32)
-    history_len: int = 10  # H: the user's last H items before the target (the paper: 50)
-    negatives: int = 4  # K sampled negatives per clicked target (the paper's npratio)
-    pooling: Literal["additive", "dot"] = "additive"  # token pooling of base / eaar / eaap
-    att_dim: int = 128  # A: width of the additive attention
-    teacher: str = "notellm"  # "notellm", "mpnet", or a vector file (.npy + ids, .parquet)
-    teacher_dim: int | None = (
-        None  # U: the teacher's dimension; None: read from the file, else checked against it
-    )
-    reg_weight: float = 0.1  # w_r of EaaR
-    pretrain_steps: int = 50  # EaaP: steps of the copy-only phase
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.strategy != "base"
+from llmrec.server.rank_head import RankerConfig, RankHead
+from llmrec.training.backbones import resolve_encoder
 
 
 class TextEncoder(nn.Module):
@@ -136,45 +97,17 @@ class TextEncoder(nn.Module):
         return self.bert(**enc).last_hidden_state, enc["attention_mask"]
 
 
-class Ranker(nn.Module):
-    """Text encoder + head. `encoder=None` builds the head alone (serving: token states come from ONNX)."""
+class Ranker(RankHead):
+    """Text encoder + the served head; `teacher` holds every catalogue item's LLM vector (rows as the
+    encoder's cache)."""
 
-    def __init__(
-        self,
-        config: RankerConfig,
-        encoder: TextEncoder | None,
-        teacher: torch.Tensor | None,
-        hidden: int | None = None,
-    ):
-        super().__init__()
-        self.config, self.encoder = config, encoder
+    def __init__(self, config: RankerConfig, encoder: TextEncoder, teacher: torch.Tensor | None):
+        super().__init__(config, encoder.hidden)
+        self.encoder = encoder
         # EaaF reads u at every forward; EaaR/EaaP only in their training losses (the trainer always passes it).
         if teacher is None and config.strategy == "eaaf":
             raise ValueError(f"strategy {config.strategy!r} needs teacher vectors")
         self.register_buffer("teacher", teacher if teacher is not None else torch.empty(0), persistent=False)
-        h, u, a = encoder.hidden if encoder is not None else hidden, config.teacher_dim, config.att_dim
-        if config.strategy == "eaaf":
-            self.w_tok = nn.Parameter(torch.randn(h + u) / (h + u) ** 0.5)
-            self.item_dim = h + u
-        else:
-            if config.pooling == "additive":
-                self.tok_proj = nn.Parameter(torch.randn(a, h) / h**0.5)
-                self.tok_bias = nn.Parameter(torch.zeros(a))
-                self.tok_query = nn.Parameter(torch.randn(a) / a**0.5)
-            else:
-                self.w_tok = nn.Parameter(torch.randn(h) / h**0.5)
-            self.item_dim = h
-            if config.strategy in ("eaar", "eaap"):
-                self.to_teacher = nn.Linear(h, u, bias=False)  # W_c: first token -> teacher space
-                self.item_dim = h + u
-        d = self.item_dim
-        self.user_proj = nn.Parameter(torch.randn(a, d) / d**0.5)
-        self.user_bias = nn.Parameter(torch.zeros(a))
-        self.user_query = nn.Parameter(torch.randn(a) / a**0.5)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        """The head's parameters (everything but the encoder), what serving needs next to the ONNX encoder."""
-        return {n: p.detach() for n, p in self.named_parameters() if not n.startswith("encoder.")}
 
     @classmethod
     def load(cls, run_dir: Path) -> Ranker:
@@ -199,25 +132,9 @@ class Ranker(nn.Module):
         return ranker.eval()
 
     def item_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Item vectors (n, D) and, for eaar/eaap, c = W_c e_0 (n, U)."""
+        """Item vectors (n, D) and, for eaar/eaap, c = W_c e_0 (n, U) of catalogue rows."""
         tokens, mask = self.encoder(rows)  # (n, T, H), (n, T)
-        return self.pool_items(tokens, mask, rows)
-
-    def pool_items(self, tokens, mask, rows=None):
-        s = self.config
-        if s.strategy == "eaaf":
-            return dot_attention_pool(tokens, mask, self.w_tok, self.teacher[rows]), None
-        if s.pooling == "additive":
-            pooled = additive_attention_pool(tokens, mask, self.tok_proj, self.tok_bias, self.tok_query)
-        else:
-            pooled = dot_attention_pool(tokens, mask, self.w_tok)
-        if s.strategy == "base":
-            return pooled, None
-        c = self.to_teacher(tokens[:, 0])  # (n, U)
-        return torch.cat([c, pooled], dim=-1), c
-
-    def user_vectors(self, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
-        return additive_attention_pool(hist, hist_mask, self.user_proj, self.user_bias, self.user_query)
+        return self.pool_items(tokens, mask, self.teacher[rows] if self.config.strategy == "eaaf" else None)
 
     def forward(self, history: torch.Tensor, candidates: torch.Tensor):
         """Scores (B, 1+K) plus, for the teacher losses, (c, u) over the batch's unique items."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from llmrec.training.eaar.model import RankerConfig
+from llmrec.server.rank_head import RankerConfig
 
 
 @dataclass

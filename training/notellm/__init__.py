@@ -1,1 +1,1 @@
-"""NoteLLM: an LLM that compresses an item's text into one [EMB] token (PAPERS.md section 2)."""
+"""NoteLLM: an LLM that compresses an item's text into one [EMB] token (NoteLLM, arXiv 2403.01744)."""

@@ -1,4 +1,4 @@
-"""NoteLLM's two losses (PAPERS.md section 2, arXiv 2403.01744)."""
+"""NoteLLM's two losses (NoteLLM, arXiv 2403.01744)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec.training.notellm.prompts import IGNORE_INDEX
+from llmrec.server.prompts import IGNORE_INDEX
 
 
 class GenerativeContrastiveLoss(nn.Module):

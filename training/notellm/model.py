@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmrec.server.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 from llmrec.training.backbones import SMOLLM2, resolve_causal_lm
 from llmrec.training.notellm.losses import GenerativeContrastiveLoss, generation_loss
-from llmrec.training.notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 
 # Decoder-only families whose HF models have the layout NoteLLM uses: model.embed_tokens, model.layers, model.norm,
 # lm_head. Gemma's embedding scale lives inside embed_tokens, so cached trunk states fed back as inputs_embeds

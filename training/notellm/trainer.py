@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from llmrec.runs import peak_rss_mib, write_json
+from llmrec.server.prompts import collate
 from llmrec.training.notellm.losses import combine
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
-from llmrec.training.notellm.prompts import collate
 from llmrec.training.notellm.trunk_cache import TrunkCache
 
 

@@ -21,8 +21,8 @@ import random
 import torch
 from tqdm.auto import tqdm
 
+from llmrec.server.prompts import Prompt, collate
 from llmrec.training.notellm.model import NoteLLM
-from llmrec.training.notellm.prompts import Prompt, collate
 
 Key = tuple[str, int]  # (item id, variant): variant 0 is the category prompt, 1.. the tag prompts
 

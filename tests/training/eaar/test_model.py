@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from llmrec.training.eaar.model import Ranker, RankerConfig, TextEncoder, copy_loss, regularizer, total_loss
+from llmrec.server.rank_head import RankerConfig
+from llmrec.training.eaar.model import Ranker, TextEncoder, copy_loss, regularizer, total_loss
 
 TEXTS = [
     "Toy Story | 1990s | Animation",

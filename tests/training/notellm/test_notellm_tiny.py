@@ -124,7 +124,7 @@ def test_pca_projection_is_orthonormal_and_blind_to_the_mean(tiny_llama_dir):
 def test_under_bf16_autocast_the_head_and_losses_stay_fp32(tiny_llama_dir):
     """bf16 cosines times the GCL scale (about 20) carry noise the size of the positive margin: the head and the
     losses must run in fp32 while the decoder layers run in bf16."""
-    from llmrec.training.notellm.prompts import collate
+    from llmrec.server.prompts import collate
 
     model = NoteLLM(config(tiny_llama_dir))
     rng = random.Random(0)

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
+from llmrec.server.prompts import EMB_TOKEN, IGNORE_INDEX, PromptBuilder, PromptConfig, collate
 from llmrec.training.notellm.model import NoteLLMConfig, load_causal_lm
-from llmrec.training.notellm.prompts import EMB_TOKEN, IGNORE_INDEX, PromptBuilder, PromptConfig, collate
 from tests.conftest import make_items
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from llmrec.server.prompts import EMB_TOKEN, collate
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
-from llmrec.training.notellm.prompts import EMB_TOKEN, collate
 from tests.conftest import make_items
 
 

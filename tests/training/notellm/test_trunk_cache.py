@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
+from llmrec.server.prompts import collate
 from llmrec.training.notellm.model import NoteLLM, NoteLLMConfig
 from llmrec.training.notellm.presets import TrainConfig
-from llmrec.training.notellm.prompts import collate
 from llmrec.training.notellm.trainer import NoteLLMTrainer
 from llmrec.training.notellm.trunk_cache import TrunkCache
 from tests.conftest import make_items

@@ -1,5 +1,9 @@
 """NoteLLM's prompt templates, tokenised segment by segment so that every position is known.
 
+Served and trained alike: the `embed` model builds the [EMB] prompt with the tokenizer export saved
+(llmrec.server.tokenizer), training builds the same prompt plus the generation tasks with transformers'
+(llmrec.training.notellm); export proves both give the same ids. Only torch is imported here.
+
     [BOS]<Instruction> <Input Note> The compression word is:"[EMB]". <Output Guidance> <Output>[EOS]
 
 Category task: the input is {'title', 'topic', 'content'}; guidance "The category is:".
