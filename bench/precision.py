@@ -54,11 +54,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=artifacts_dir() / "bench")
     args = parser.parse_args()
 
-    from llmrec.training.datasets import load_movielens_100k
-    from llmrec.training.split import SplitConfig, time_split
+    from llmrec.training.data_source import load_split, of_pipeline
 
-    data = load_movielens_100k()
-    split = time_split(data, SplitConfig())
+    data, split = load_split(of_pipeline())  # what the repository's models were trained on
     items = data.items.to_dict("records")
     rows = []
 

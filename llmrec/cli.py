@@ -1,4 +1,4 @@
-"""The `llmrec` command: one subcommand per stage of the data flow (DESIGN.md)."""
+"""The `llmrec` command: one subcommand per stage of the data flow (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,20 @@ app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 
-ItemsOpt = Annotated[Path | None, typer.Option(help="Items file (.parquet/.jsonl); default: MovieLens-100k.")]
-InterOpt = Annotated[
-    Path | None, typer.Option(help="Interactions file (.parquet/.jsonl); default: MovieLens-100k.")
+ItemsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Items file (.parquet/.jsonl); default: the data of the run this builds on, else MovieLens-100k."
+    ),
 ]
-TestFracOpt = Annotated[float, typer.Option(help="Share of interactions, by time, held out for testing.")]
+InterOpt = Annotated[
+    Path | None,
+    typer.Option(help="Interactions file (.parquet/.jsonl); default: the run's data, else MovieLens-100k."),
+]
+TestFracOpt = Annotated[
+    float | None,
+    typer.Option(help="Share of interactions, by time, held out for testing (default: the run's, else 0.1)."),
+]
 NoteLLMDir = Annotated[Path, typer.Option(help="NoteLLM run folder (holds model/).")]
 
 
@@ -43,33 +52,51 @@ def _notellm_dir() -> Path:
     return artifacts_dir() / "notellm"
 
 
-def _load(items: Path | None, interactions: Path | None, test_fraction: float):
-    """Load and split the data; a schema problem exits with its message, not a traceback."""
-    from llmrec.runs import git_commit
-    from llmrec.training.datasets import load_movielens_100k, load_user_files
+def _source(
+    items: Path | None,
+    interactions: Path | None,
+    test_fraction: float | None,
+    builds_on: Path | None = None,
+    stage: str = "",
+    items_only: bool = False,
+):
+    """The data a stage uses (llmrec.training.data_source): the run it builds on recorded it, or the flags
+    name it (refused where they name other data than that run's); a problem exits with its message."""
+    from llmrec.training.data_source import DataSource, for_stage
     from llmrec.training.schema import SchemaError
-    from llmrec.training.split import SplitConfig, time_split
+
+    try:
+        if builds_on is None:
+            return DataSource.given(items, interactions, test_fraction)
+        return for_stage(builds_on, items, interactions, test_fraction, stage, items_only)
+    except (SchemaError, ValueError, FileNotFoundError) as e:
+        raise _fail(e) from None
+
+
+def _load(source):
+    """Load and split the data of `source`; a schema problem exits with its message, not a traceback."""
+    from llmrec.runs import git_commit
+    from llmrec.training.data_source import load_split
+    from llmrec.training.schema import SchemaError
+    from llmrec.training.split import SplitConfig
 
     git_commit()  # pin the commit now: reports written later name the code that was loaded, not a later HEAD
-    if (items is None) != (interactions is None):
-        raise typer.BadParameter("give both --items and --interactions, or neither (MovieLens-100k)")
     try:
-        data = load_movielens_100k() if items is None else load_user_files(items, interactions)
-        config = SplitConfig(test_fraction=test_fraction)
-        return data, config, time_split(data, config)
+        data, split = load_split(source)
+        return data, SplitConfig(test_fraction=source.test_fraction), split
     except (SchemaError, ValueError, FileNotFoundError) as e:
         raise _fail(e) from None
 
 
 @data_app.command("stats")
 def data_stats(
-    items: ItemsOpt = None, interactions: InterOpt = None, test_fraction: TestFracOpt = 0.1
+    items: ItemsOpt = None, interactions: InterOpt = None, test_fraction: TestFracOpt = None
 ) -> None:
     """Users, items, interactions, train pairs and test pairs of the time split."""
     from llmrec.runs import table
     from llmrec.training.split import split_stats
 
-    data, _, split = _load(items, interactions, test_fraction)
+    data, _, split = _load(_source(items, interactions, test_fraction))
     stats = split_stats(data, split)
     typer.echo(f"dataset: {data.name}")
     typer.echo(table([{"stat": k, "value": v} for k, v in stats.items()]))
@@ -115,12 +142,13 @@ def train_notellm(
     if seed is not None:
         train_config.seed = seed
     run_dir = (run_dir or _notellm_dir()).resolve()
-    data, split_config, split = _load(items, interactions, test_fraction)
+    source = _source(items, interactions, test_fraction)
+    data, split_config, split = _load(source)
     write_json(
         run_dir / "config.json",
         {
             "preset": preset,
-            "data": data.name,
+            "data": source.record(),
             "split": split_config,
             "model": model_config,
             "train": train_config,
@@ -171,7 +199,6 @@ def embed(
         int, typer.Option(help="Print the nearest neighbours of this many of the most interacted items.")
     ] = 3,
     items: ItemsOpt = None,
-    interactions: InterOpt = None,
 ) -> None:
     """Write L2-normalised NoteLLM vectors for every item; print how spread they are and a few neighbours.
 
@@ -185,19 +212,24 @@ def embed(
     from llmrec.training.embed_io import save_vectors
     from llmrec.training.encoders import encode_notellm
     from llmrec.training.notellm.model import NoteLLM
+    from llmrec.training.schema import SchemaError
 
     run_dir = run_dir or _notellm_dir()
-    data, _, _ = _load(items, interactions, 0.1)
+    source = _source(items, None, None, run_dir, "llmrec embed", items_only=True)
+    try:
+        catalogue = source.load_items()
+    except (SchemaError, ValueError) as e:
+        raise _fail(e) from None
     out = out or run_dir / "item_vectors.npy"
     try:
         model = NoteLLM.load(run_dir / "model")
-        ids = data.items["item_id"].tolist()
+        ids = catalogue["item_id"].tolist()
         key = vector_job.file_digest(*sorted(p for p in (run_dir / "model").rglob("*") if p.is_file()))
         written = vector_job.run(
             out if out.suffix == ".npy" else out.with_suffix(".npy"),
             ids,
             model.config.emb_dim,
-            lambda start, stop: encode_notellm(model, data.items.iloc[start:stop], progress=False).numpy(),
+            lambda start, stop: encode_notellm(model, catalogue.iloc[start:stop], progress=False).numpy(),
             batch=256,
             key=key,
             desc="embed notellm",
@@ -207,7 +239,7 @@ def embed(
     except (FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     typer.echo(f"wrote {len(vectors)} vectors of {vectors.shape[1]} dims to {path}")
-    sanity = vector_sanity.report(vectors, data.items)
+    sanity = vector_sanity.report(vectors, catalogue)
     write_json(run_dir / "vector_sanity.json", sanity)
     typer.echo(
         f"mean pairwise cosine {sanity['mean_pairwise_cosine']:.3f} (near 1: collapsed); top-10 neighbours "
@@ -215,9 +247,11 @@ def embed(
         f"(random neighbours: {100 * sanity['random10_category_agreement']:.1f}%); items whose nearest other "
         f"item is above cosine 0.95: {100 * sanity['near_twin_share_0.95']:.1f}% (tight clumps)"
     )
-    if show > 0:
-        popular = data.interactions["item_id"].value_counts().index[:show].tolist()
-        typer.echo(table(vector_sanity.neighbours(vectors, data.items, popular)))
+    if show > 0:  # the most interacted items where the interactions are known, else the first ones
+        shown = catalogue["item_id"].head(show).tolist()
+        if source.interactions or source.name != "user":
+            shown = source.load().interactions["item_id"].value_counts().index[:show].tolist()
+        typer.echo(table(vector_sanity.neighbours(vectors, catalogue, shown)))
 
 
 @eval_app.command("notellm")
@@ -234,13 +268,13 @@ def eval_notellm(
     ] = True,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
-    test_fraction: TestFracOpt = 0.1,
+    test_fraction: TestFracOpt = None,
 ) -> None:
     """i2i Recall@k of NoteLLM vs MiniLM and zero-shot backbones; category accuracy on held-out items."""
     from llmrec.training.notellm.evaluate import evaluate_notellm
 
     run_dir = run_dir or _notellm_dir()
-    data, _, split = _load(items, interactions, test_fraction)
+    data, _, split = _load(_source(items, interactions, test_fraction, run_dir, "llmrec eval notellm"))
     try:
         evaluate_notellm(
             run_dir,
@@ -283,12 +317,14 @@ def train_eaar(
     ] = None,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
-    test_fraction: TestFracOpt = 0.1,
+    test_fraction: TestFracOpt = None,
 ) -> None:
-    """Train one ranker of the GPT4SM family and evaluate it on the held-out impressions."""
+    """Train one ranker of the GPT4SM family and evaluate it on the held-out impressions (on the NoteLLM
+    run's data unless told otherwise: its vectors are the teacher)."""
     from llmrec.training.eaar.runs import run_one
 
-    data, _, split = _load(items, interactions, test_fraction)
+    data, _, split = _load(_source(items, interactions, test_fraction, _notellm_dir(), "llmrec train eaar"))
+    run_dir = run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed)
     try:
         report = run_one(
             data,
@@ -297,7 +333,7 @@ def train_eaar(
             preset,
             teacher,
             seed,
-            run_dir=run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed),
+            run_dir=run_dir,
             overrides={
                 "steps": steps,
                 "pooling": pooling,
@@ -311,7 +347,7 @@ def train_eaar(
         raise _fail(e) from None
     typer.echo(
         f"{strategy} seed {seed}: AUC {report['AUC']:.4f}  MRR {report['MRR']:.4f}  "
-        f"nDCG@5 {report['nDCG@5']:.4f}  nDCG@10 {report['nDCG@10']:.4f}  ({report['wall_s']} s)"
+        f"nDCG@5 {report['nDCG@5']:.4f}  nDCG@10 {report['nDCG@10']:.4f}  ({report['wall_s']} s); run in {run_dir}"
     )
 
 
@@ -324,12 +360,12 @@ def eval_eaar(
     train_missing: Annotated[bool, typer.Option(help="Train the runs that have no report yet.")] = True,
     items: ItemsOpt = None,
     interactions: InterOpt = None,
-    test_fraction: TestFracOpt = 0.1,
+    test_fraction: TestFracOpt = None,
 ) -> None:
     """The strategies x teachers table: mean and standard deviation over seeds of AUC, MRR, nDCG@5, nDCG@10."""
     from llmrec.training.eaar.runs import sweep
 
-    data, _, split = _load(items, interactions, test_fraction)
+    data, _, split = _load(_source(items, interactions, test_fraction, _notellm_dir(), "llmrec eval eaar"))
     try:
         sweep(
             data,
@@ -346,14 +382,14 @@ def eval_eaar(
         raise _fail(e) from None
 
 
-def _data_key(items: Path | None, interactions: Path | None, test_fraction: float) -> str:
+def _data_key(source) -> str:
     """A folder name per dataset and split, so that runs on other data are never reused for this one."""
-    if items is None or interactions is None:
+    if source.name != "user":
         name = "ml-100k"
     else:
-        files = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (items, interactions)]
-        name = f"{interactions.stem}-{hashlib.sha1(repr(files).encode()).hexdigest()[:8]}"
-    return name if test_fraction == 0.1 else f"{name}-test{test_fraction:g}"
+        digest = hashlib.sha1(f"{source.items_sha256}{source.interactions_sha256}".encode()).hexdigest()
+        name = f"{Path(source.interactions).stem}-{digest[:8]}"
+    return name if source.test_fraction == 0.1 else f"{name}-test{source.test_fraction:g}"
 
 
 @eval_app.command("eaar-sweep")
@@ -365,7 +401,7 @@ def eval_eaar_sweep(
     preset: Annotated[str, typer.Option(help="Preset the settings change.")] = "cpu",
     items: ItemsOpt = None,
     interactions: InterOpt = None,
-    test_fraction: TestFracOpt = 0.1,
+    test_fraction: TestFracOpt = None,
 ) -> None:
     """Where does the LLM teacher help? w_r, pooling, steps, history and teacher against the matching base."""
     from llmrec.training.eaar.runs import EAAR_SWEEP, baseline_of, sweep_settings
@@ -379,8 +415,9 @@ def eval_eaar_sweep(
         bases = {b.name for s in settings if s.name in wanted and (b := baseline_of(s, settings))}
         keep = set(wanted) | bases  # the chosen rows and the base rows they are judged against
         settings = [s for s in settings if s.name in keep]
-    data, _, split = _load(items, interactions, test_fraction)
-    root = artifacts_dir() / "eaar" / "sweep" / _data_key(items, interactions, test_fraction)
+    source = _source(items, interactions, test_fraction, _notellm_dir(), "llmrec eval eaar-sweep")
+    data, _, split = _load(source)
+    root = artifacts_dir() / "eaar" / "sweep" / _data_key(source)
     try:
         sweep_settings(data, split, settings, seeds, preset, root, root / "summary.json")
     except (FileNotFoundError, ValueError) as e:
@@ -414,7 +451,6 @@ def export(
         str | None, typer.Option(help="Export only these models, comma-separated: embed, rank, similar.")
     ] = None,
     items: ItemsOpt = None,
-    interactions: InterOpt = None,
     fp16: Annotated[
         bool,
         typer.Option(
@@ -438,8 +474,9 @@ def export(
     from llmrec.export import repository
     from llmrec.runs import table
     from llmrec.server import item_index
+    from llmrec.server.contract import item_text
+    from llmrec.training.data_source import DataMismatch, recorded
     from llmrec.training.embed_io import load_vectors
-    from llmrec.training.encoders import item_text
 
     repo = _repo(repo)
     notellm_dir = notellm_dir or _notellm_dir()
@@ -451,8 +488,18 @@ def export(
         spec = item_index.IndexSpec(kind=index_kind, recall_floor=recall_floor)
     except ValueError as e:
         raise _fail(e) from None
-    data, _, _ = _load(items, interactions, 0.1)
-    records = data.items.to_dict("records")
+    source = _source(items, None, None, notellm_dir, "llmrec export", items_only=True)
+    if "rank" in models and (ranked := recorded(ranker_dir)) and ranked.differences(source, items_only=True):
+        raise _fail(
+            DataMismatch(
+                f"the ranker {ranker_dir} was trained on {ranked.describe()}, the NoteLLM run {notellm_dir} on "
+                f"{source.describe()}: export runs built on one catalogue"
+            )
+        )
+    try:
+        records = source.load_items().to_dict("records")
+    except ValueError as e:
+        raise _fail(e) from None
     report: dict = {}
     started = time.time()
     try:
@@ -637,7 +684,7 @@ def serve_demo(
     from llmrec.server.client import ServingError
     from llmrec.server.launcher import ServerError
 
-    data, _, split = _load(items, interactions, 0.1)
+    data, _, split = _load(_source(items, interactions, None, _notellm_dir(), "llmrec serve-demo"))
     try:
         demo.run(_repo(repo), data.items, split.train_interactions, split.test_interactions, calls)
     except (ServerError, ServingError, FileNotFoundError) as e:

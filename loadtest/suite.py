@@ -96,7 +96,7 @@ def run_suite(
     admission_cpus: set[int] | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    workload = workload or Workload.movielens()
+    workload = workload or Workload.of_pipeline()
     workload_path = workload.save(out_dir / "workload.json")
     started = time.time()
     result: dict = {

@@ -32,8 +32,8 @@ class Workload:
         n_users: int = 200,
         ks: tuple[int, ...] = KS,
     ) -> Workload:
+        from llmrec.server.contract import item_text
         from llmrec.server.workloads import user_requests
-        from llmrec.training.encoders import item_text
 
         users = user_requests(items, train, test, n_users, history, min(candidates, len(items) - history))
         if not users:
@@ -56,12 +56,12 @@ class Workload:
         )
 
     @classmethod
-    def movielens(cls) -> Workload:
-        from llmrec.training.datasets import load_movielens_100k
-        from llmrec.training.split import SplitConfig, time_split
+    def of_pipeline(cls) -> Workload:
+        """Requests drawn from the data the served models were trained on (the NoteLLM run's, else
+        MovieLens-100k: llmrec.training.data_source.of_pipeline)."""
+        from llmrec.training.data_source import load_split, of_pipeline
 
-        data = load_movielens_100k()
-        split = time_split(data, SplitConfig())
+        data, split = load_split(of_pipeline())
         return cls.from_data(data.items, split.train_interactions, split.test_interactions)
 
     def save(self, path: Path) -> Path:
@@ -72,4 +72,4 @@ class Workload:
     @classmethod
     def load(cls, path: Path | None = None) -> Workload:
         path = path or os.environ.get("LLMREC_LOAD_WORKLOAD")
-        return cls(**json.loads(Path(path).read_text())) if path else cls.movielens()
+        return cls(**json.loads(Path(path).read_text())) if path else cls.of_pipeline()

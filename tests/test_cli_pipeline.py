@@ -50,12 +50,39 @@ def test_train_eval_embed_on_user_files(tmp_path, tiny_llama_dir):
     assert report["category_generation"] is False
     assert all(r["category acc %"] != r["category acc %"] for r in report["rows"])  # NaN: not generated
 
+    # later stages read the run's data: no data flags (embed reads the items alone)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert (
+        recorded["items"] == str((tmp_path / "items.parquet").resolve())
+        and len(recorded["items_sha256"]) == 64
+    )
     out = tmp_path / "vectors.parquet"
-    result = runner.invoke(app, ["embed", *run, "--out", str(out), *data])
+    result = runner.invoke(app, ["embed", *run, "--out", str(out)])
     assert result.exit_code == 0, result.output
     ids, vectors = load_vectors(out)
     assert ids == items["item_id"].tolist() and vectors.shape == (40, 32)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    result = runner.invoke(app, ["eval", "notellm", "--no-minilm-finetuned", "--no-generation", *run])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "eval" / "report.json").read_text())["test_pairs"] == sizes["all"]
+
+    # other data than the run's is refused, naming both
+    other = tmp_path / "other"
+    other.mkdir()
+    write_user_files(other, n_items=30, n_users=60, per_user=12)
+    for stage in (["embed"], ["eval", "notellm", "--no-minilm-finetuned"]):
+        flags = ["--items", str(other / "items.parquet")]
+        if stage[0] == "eval":
+            flags += ["--interactions", str(other / "log.jsonl")]
+        result = runner.invoke(app, [*stage, *run, *flags])
+        assert result.exit_code == 2, result.output
+        assert (
+            str(tmp_path / "items.parquet") in result.output and str(other / "items.parquet") in result.output
+        )
+    # and so is a file changed since the run read it
+    pd.read_parquet(tmp_path / "items.parquet").head(39).to_parquet(tmp_path / "items.parquet")
+    result = runner.invoke(app, ["embed", *run])
+    assert result.exit_code == 2 and "changed since the run was trained on it" in result.output
 
 
 def test_eval_without_a_run_is_a_clear_error(tmp_path):

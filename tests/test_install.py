@@ -129,7 +129,7 @@ def test_an_installed_wheel_exports_and_serves(installed, tiny_runs, tmp_path):
         where
     )  # the wheel's copy, not the checkout
 
-    _, items, log = write_user_files(tmp_path, n_items=40, n_users=30, per_user=12)
+    _, items, _ = write_user_files(tmp_path, n_items=40, n_users=30, per_user=12)
     repo = tmp_path / "repo"
     export = subprocess.run(
         [
@@ -143,8 +143,6 @@ def test_an_installed_wheel_exports_and_serves(installed, tiny_runs, tmp_path):
             tiny_runs["eaar"],
             "--items",
             items,
-            "--interactions",
-            log,
         ],
         cwd=tmp_path,
         env=env,

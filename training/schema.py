@@ -1,11 +1,12 @@
-"""The data contract every loader produces and every stage consumes (DESIGN.md).
+"""The data contract every loader produces and every stage consumes (docs/ARCHITECTURE.md).
 
 items:        item_id (str), title (str), topic (str), content (str), category (str), tags (list[str])
 interactions: user_id (str), item_id (str), timestamp (float, seconds), optional label (0/1 click)
 pairs:        src (str), dst (str), score (float)
 
 Validation errors name the file, the row (1-based, as a person counts lines of data) and the
-problem, so a bad row in a million-line log is found in one look.
+problem, so a bad row in a million-line log is found in one look; every bad row of a check is counted and
+the first MAX_LISTED of them are listed, so one run shows the extent of a problem.
 """
 
 from __future__ import annotations
@@ -35,9 +36,32 @@ def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], source: str) ->
         raise _fail(source, None, f"missing column(s) {missing}; found {list(df.columns)}")
 
 
-def _first_bad(mask: np.ndarray | pd.Series) -> int | None:
-    idx = np.flatnonzero(np.asarray(mask))
-    return int(idx[0]) if len(idx) else None
+MAX_LISTED = 10  # bad rows named in one error; the rest are counted
+
+
+class _Problems:
+    """The bad rows of a table, gathered over several checks and raised as one SchemaError."""
+
+    def __init__(self, source: str):
+        self.source, self.listed, self.count = source, [], 0
+
+    def add(self, mask, describe) -> np.ndarray:
+        """Record the rows where `mask` holds (`describe(row)` says what is wrong); returns them."""
+        rows = np.flatnonzero(np.asarray(mask, dtype=bool))
+        self.count += len(rows)
+        for row in rows[: max(0, MAX_LISTED - len(self.listed))]:
+            self.listed.append((int(row), describe(int(row))))
+        return rows
+
+    def raise_any(self) -> None:
+        if not self.count:
+            return
+        if self.count == 1:
+            raise _fail(self.source, *self.listed[0])
+        lines = [f"  row {row + 1}: {problem}" for row, problem in sorted(self.listed)]
+        if self.count > len(self.listed):
+            lines.append(f"  ... and {self.count - len(self.listed)} more")
+        raise SchemaError(f"{self.source}: {self.count} bad rows\n" + "\n".join(lines))
 
 
 def validate_items(df: pd.DataFrame, source: str = "items") -> pd.DataFrame:
@@ -49,15 +73,16 @@ def validate_items(df: pd.DataFrame, source: str = "items") -> pd.DataFrame:
             out[column] = ""
     if "tags" not in out.columns:
         out["tags"] = [[] for _ in range(len(out))]
-    if (row := _first_bad(out["item_id"].isna())) is not None:
-        raise _fail(source, row, "item_id is missing")
+    problems = _Problems(source)
+    missing = out["item_id"].isna()
+    problems.add(missing, lambda row: "item_id is missing")
     out["item_id"] = out["item_id"].astype(str)
     title_ok = out["title"].map(lambda t: isinstance(t, str) and t.strip() != "")
-    if (row := _first_bad(~title_ok)) is not None:
-        raise _fail(source, row, f"empty title for item {out['item_id'][row]!r}")
-    dup = out["item_id"].duplicated()
-    if (row := _first_bad(dup)) is not None:
-        raise _fail(source, row, f"duplicate item_id {out['item_id'][row]!r}")
+    problems.add(~title_ok, lambda row: f"empty title for item {out['item_id'][row]!r}")
+    problems.add(
+        out["item_id"].duplicated() & ~missing, lambda row: f"duplicate item_id {out['item_id'][row]!r}"
+    )
+    problems.raise_any()
     for column in ("topic", "content", "category"):
         out[column] = out[column].fillna("").astype(str)
     out["tags"] = [_as_tags(t, source, i) for i, t in enumerate(out["tags"])]
@@ -85,22 +110,24 @@ def validate_interactions(
     """
     _require_columns(df, INTERACTION_COLUMNS, source)
     out = df.reset_index(drop=True).copy()
+    problems = _Problems(source)
+    missing = out["item_id"].isna()
     for column in ("user_id", "item_id"):
-        if (row := _first_bad(out[column].isna())) is not None:
-            raise _fail(source, row, f"{column} is missing")
+        problems.add(out[column].isna(), lambda row, column=column: f"{column} is missing")
         out[column] = out[column].astype(str)
     ts = pd.to_numeric(out["timestamp"], errors="coerce")
-    if (row := _first_bad(ts.isna())) is not None:
-        raise _fail(source, row, f"timestamp {out['timestamp'][row]!r} is missing or not a number")
+    problems.add(ts.isna(), lambda row: f"timestamp {out['timestamp'][row]!r} is missing or not a number")
     out["timestamp"] = ts.astype("float64")
     known = out["item_id"].isin(set(item_ids))
-    if (row := _first_bad(~known)) is not None:
-        raise _fail(source, row, f"item_id {out['item_id'][row]!r} is not in the items table")
+    problems.add(~known & ~missing, lambda row: f"item_id {out['item_id'][row]!r} is not in the items table")
     columns = list(INTERACTION_COLUMNS)
     if "label" in out.columns:
         label = pd.to_numeric(out["label"], errors="coerce")
-        if (row := _first_bad(label.isna() | ~label.isin([0, 1]))) is not None:
-            raise _fail(source, row, f"label {out['label'][row]!r} must be 0 or 1")
+        problems.add(
+            label.isna() | ~label.isin([0, 1]), lambda row: f"label {out['label'][row]!r} must be 0 or 1"
+        )
+    problems.raise_any()
+    if "label" in out.columns:
         out["label"] = label.astype("int8")
         columns.append("label")
     return out[columns]
@@ -113,6 +140,7 @@ class RecData:
     name: str
     items: pd.DataFrame
     interactions: pd.DataFrame
+    source: dict | None = None  # where it was read from (llmrec.training.data_source), recorded by runs
 
     @property
     def n_users(self) -> int:

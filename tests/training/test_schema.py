@@ -24,6 +24,17 @@ def test_items_empty_title_names_the_row(items, title):
         validate_items(items, "items.parquet")
 
 
+def test_every_bad_row_is_counted_and_the_first_ones_listed():
+    items = pd.DataFrame({"item_id": [str(i) for i in range(30)], "title": [""] * 25 + ["ok"] * 5})
+    items.loc[27, "item_id"] = "26"
+    with pytest.raises(SchemaError) as e:
+        validate_items(items, "items.jsonl")
+    message = str(e.value)
+    assert message.startswith("items.jsonl: 26 bad rows")
+    assert "row 1: empty title for item '0'" in message and "row 10: empty title" in message
+    assert "row 11:" not in message and "... and 16 more" in message
+
+
 def test_items_duplicate_id(items):
     items.loc[5, "item_id"] = "2"
     with pytest.raises(SchemaError, match=r"row 6: duplicate item_id '2'"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from llmrec.runs import provenance, table, to_jsonable, write_json
-from llmrec.training.eaar.model import STRATEGIES, RankerConfig
+from llmrec.server.rank_head import STRATEGIES, RankerConfig
 from llmrec.training.eaar.presets import RankerTrainConfig
 from llmrec.training.eaar.presets import preset as get_preset
 from llmrec.training.eaar.teachers import teacher_file
@@ -59,13 +59,18 @@ def run_one(
     return run(data, split, mc, tc, run_dir)
 
 
-def rerun_reason(run_dir: Path, mc: RankerConfig, tc: RankerTrainConfig) -> str | None:
-    """Why the run in `run_dir` cannot stand for (mc, tc), or None when it can be reused."""
+def rerun_reason(
+    run_dir: Path, mc: RankerConfig, tc: RankerTrainConfig, data_source: dict | None = None
+) -> str | None:
+    """Why the run in `run_dir` cannot stand for (mc, tc) on `data_source`, or None when it can be reused."""
     report = run_dir / "report.json"
     if not report.is_file():
         return "not run yet"
     config = run_dir / "config.json"
     saved = json.loads(config.read_text()) if config.is_file() else {}
+    saved_data = saved.pop("data", None)
+    if data_source is not None and saved_data is not None and saved_data != data_source:
+        return "it was trained on other data"
     if mc.teacher_dim is None and "model" in saved:
         saved["model"]["teacher_dim"] = None  # a run fills it in from the teacher file
     if saved != to_jsonable({"model": mc, "train": tc}):
@@ -190,7 +195,7 @@ def sweep_settings(
                 setting.strategy, preset, setting.teacher or "notellm", seed, setting.overrides
             )
             done += 1
-            reason = rerun_reason(run_dir, mc, tc)
+            reason = rerun_reason(run_dir, mc, tc, data.source)
             if reason is not None:
                 print(f"[{done}/{total}] {setting.name} seed {seed} ({reason}) ...", flush=True)
                 report = run(data, split, mc, tc, run_dir)

@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from llmrec.paths import cache_dir
 from llmrec.runs import peak_rss_mib, provenance, write_json
+from llmrec.server.contract import item_text
+from llmrec.server.rank_head import RankerConfig
 from llmrec.training.eaar.impressions import Impressions, build_impressions
-from llmrec.training.eaar.model import Ranker, RankerConfig, TextEncoder, total_loss
+from llmrec.training.eaar.model import Ranker, TextEncoder, total_loss
 from llmrec.training.eaar.presets import RankerTrainConfig
 from llmrec.training.eaar.teachers import load_teacher
-from llmrec.training.encoders import item_text
 from llmrec.training.notellm.trainer import seed_everything
 from llmrec.training.ranking_metrics import impression_metrics
 from llmrec.training.schema import RecData
@@ -148,7 +149,8 @@ def run(data: RecData, split: Split, mc: RankerConfig, tc: RankerTrainConfig, ru
         **metrics,
         **provenance(started),
     }
-    write_json(run_dir / "config.json", {"model": asdict(mc), "train": asdict(tc)})
+    config = {"model": asdict(mc), "train": asdict(tc)}
+    write_json(run_dir / "config.json", config | ({"data": data.source} if data.source else {}))
     write_json(run_dir / "history.json", history)
     write_json(run_dir / "report.json", report)
     return report
