@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 
 from llmrec.paths import artifacts_dir
-from llmrec.runs import git_commit, table
+from llmrec.runs import provenance, table
 from llmrec.server import runtime
 from llmrec.server.workloads import user_requests
 
@@ -46,6 +44,7 @@ def median_s(call, repeats: int = 5) -> float:
 
 
 def main() -> None:
+    run_started = time.time()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -56,7 +55,8 @@ def main() -> None:
 
     from llmrec.training.data_source import load_split, of_pipeline
 
-    data, split = load_split(of_pipeline())  # what the repository's models were trained on
+    source = of_pipeline()  # what the repository's models were trained on
+    data, split = load_split(source)
     items = data.items.to_dict("records")
     rows = []
 
@@ -115,10 +115,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python -m bench.precision",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "providers": embedders["fp32"].session.get_providers(),
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        "data": source.describe(),
+        **provenance(run_started),
     }
     (args.out / "precision.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     print(f"\n{meta}\n{table(rows)}")

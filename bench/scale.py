@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import threading
 import time
@@ -41,7 +40,7 @@ import torch
 from bench.serving import closed_loop
 from bench.synthetic import describe, grow_catalogue
 from llmrec.paths import artifacts_dir
-from llmrec.runs import git_commit, table
+from llmrec.runs import provenance, table
 from llmrec.server import item_index, runtime, versions
 from llmrec.server.client import RankingClient
 from llmrec.server.launcher import TritonServer
@@ -242,6 +241,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    run_started = time.time()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -345,9 +345,7 @@ def main() -> None:
 
     meta = {
         "command": "python -m bench.scale --sizes " + args.sizes,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        **provenance(run_started),
     }
     out = {**meta, "catalogues": catalogues, "builds": builds, "rows": rows, "hot_swap": swap}
     (args.out / "scale.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import threading
 import time
@@ -34,7 +33,7 @@ import tritonclient.grpc as grpcclient
 
 from llmrec.export.repository import without_batching
 from llmrec.paths import artifacts_dir
-from llmrec.runs import git_commit, table
+from llmrec.runs import provenance, table
 from llmrec.server import ensembles, item_index, metrics, runtime
 from llmrec.server.client import RankingClient, similar_request
 from llmrec.server.launcher import TritonServer
@@ -134,6 +133,7 @@ def with_text_ensemble(repo: Path, dest: Path) -> Path:
 
 
 def main() -> None:
+    run_started = time.time()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -146,7 +146,8 @@ def main() -> None:
 
     from llmrec.training.data_source import load_split, of_pipeline
 
-    data, split = load_split(of_pipeline())  # what the repository's models were trained on
+    source = of_pipeline()  # what the repository's models were trained on
+    data, split = load_split(source)
     users = user_requests(data.items, split.train_interactions, split.test_interactions, 40, 10, 100, seed=2)
     rank_payloads = [(u["history"], u["candidate_texts"]) for u in users]
     rng = np.random.default_rng(0)
@@ -249,9 +250,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": "python -m bench.serving",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": git_commit(),
+        "data": source.describe(),
+        **provenance(run_started),
     }
     (args.out / "serving.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     with (args.out / "serving.csv").open("w", newline="") as f:

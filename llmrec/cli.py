@@ -319,11 +319,17 @@ def train_eaar(
     interactions: InterOpt = None,
     test_fraction: TestFracOpt = None,
 ) -> None:
-    """Train one ranker of the GPT4SM family and evaluate it on the held-out impressions (on the NoteLLM
-    run's data unless told otherwise: its vectors are the teacher)."""
+    """Train one ranker of the GPT4SM family and evaluate it on the held-out impressions: on the NoteLLM
+    run's data unless data flags are given (refused for the notellm teacher, whose vectors are of that run)."""
     from llmrec.training.eaar.runs import run_one
 
-    data, _, split = _load(_source(items, interactions, test_fraction, _notellm_dir(), "llmrec train eaar"))
+    if teacher == "notellm" and strategy != "base":  # the NoteLLM run's vectors teach it: its data only
+        source = _source(items, interactions, test_fraction, _notellm_dir(), "llmrec train eaar")
+    elif items is None and interactions is None:  # no flags: the pipeline's data, as the other stages
+        source = _source(None, None, test_fraction, _notellm_dir(), "llmrec train eaar")
+    else:  # a teacher file, mpnet or no teacher: any data
+        source = _source(items, interactions, test_fraction)
+    data, _, split = _load(source)
     run_dir = run_dir or _eaar_dir(teacher if strategy != "base" else None, strategy, seed)
     try:
         report = run_one(

@@ -92,6 +92,7 @@ def test_sweep_cli_names_unknown_settings_and_keeps_data_apart(tmp_path):
     from typer.testing import CliRunner
 
     from llmrec.cli import _data_key, app
+    from llmrec.training.data_source import DataSource
 
     result = CliRunner().invoke(app, ["eval", "eaar-sweep", "--only", "eaar w_r=0.3,w_r=9"])
     assert result.exit_code == 2 and "unknown settings ['w_r=9']" in result.output
@@ -99,8 +100,9 @@ def test_sweep_cli_names_unknown_settings_and_keeps_data_apart(tmp_path):
     items, log = tmp_path / "items.parquet", tmp_path / "log.jsonl"
     items.write_text("x")
     log.write_text("y")
-    assert _data_key(None, None, 0.1) == "ml-100k" and _data_key(None, None, 0.2) == "ml-100k-test0.2"
-    key = _data_key(items, log, 0.1)
-    assert key.startswith("log-") and key == _data_key(items, log, 0.1)
+    assert _data_key(DataSource.given(None, None)) == "ml-100k"
+    assert _data_key(DataSource.given(None, None, 0.2)) == "ml-100k-test0.2"
+    key = _data_key(DataSource.given(items, log))
+    assert key.startswith("log-") and key == _data_key(DataSource.given(items, log))
     log.write_text("other data")
-    assert _data_key(items, log, 0.1) != key  # other data, another folder: its runs are never reused here
+    assert _data_key(DataSource.given(items, log)) != key  # other data, another folder: never reused here
