@@ -479,7 +479,7 @@ def export(
     """ONNX graphs (with a parity check against PyTorch) and the item index -> a Triton model repository."""
     from llmrec.export import repository
     from llmrec.runs import table
-    from llmrec.server import item_index
+    from llmrec.server import contract, item_index
     from llmrec.server.contract import item_text
     from llmrec.training.data_source import DataMismatch, recorded
     from llmrec.training.embed_io import load_vectors
@@ -487,9 +487,11 @@ def export(
     repo = _repo(repo)
     notellm_dir = notellm_dir or _notellm_dir()
     ranker_dir = ranker_dir or _eaar_dir("notellm", "eaar", 0)
-    models = [m for m in (only or "embed,rank,similar").split(",") if m]
-    if unknown := set(models) - {"embed", "rank", "similar"}:
-        raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from embed, rank, similar"))
+    models = [m for m in (only or ",".join(contract.LOAD_ORDER)).split(",") if m]
+    if unknown := set(models) - set(contract.MODELS):
+        raise _fail(
+            ValueError(f"unknown model(s) {sorted(unknown)}: choose from {', '.join(contract.MODELS)}")
+        )
     try:
         spec = item_index.IndexSpec(kind=index_kind, recall_floor=recall_floor)
     except ValueError as e:

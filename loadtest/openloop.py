@@ -30,9 +30,10 @@ import grpc
 from tritonclient.grpc import InferRequestedOutput, _utils, service_pb2_grpc
 
 from llmrec.loadtest.workload import Workload
+from llmrec.server import contract
 from llmrec.server.client import embed_request, rank_request, similar_request
 
-MODELS = ("similar", "rank", "embed")
+MODELS = tuple(contract.MODELS)
 
 
 def requests(workload: Workload, model: str, count: int = 500, seed: int = 0, rank_by: str = "texts") -> list:

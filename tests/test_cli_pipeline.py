@@ -139,3 +139,32 @@ def test_train_eaar_on_user_files_with_a_teacher_file(tmp_path, tiny_bert_dir):
         app, [*args[: -len(data) - 2], "--teacher-dim", "7", "--run-dir", str(tmp_path / "r2"), *data]
     )
     assert result.exit_code == 2 and "has 6-d vectors but the ranker expects 7" in result.output
+
+
+def test_train_eaar_after_an_own_data_notellm_run_needs_no_data_flags(
+    tmp_path, tiny_llama_dir, tiny_bert_dir
+):
+    """The pipeline on the default run folders: NoteLLM on the user's files, then embed and the EaaR run with
+    the notellm teacher and no data flags; the EaaR run records the same data; other files are refused."""
+    from llmrec.paths import artifacts_dir
+
+    _, items, log = write_user_files(tmp_path, n_items=40, n_users=60, per_user=12)
+    data = ["--items", str(items), "--interactions", str(log)]
+    result = runner.invoke(
+        app, ["train", "notellm", "--preset", "tiny", "--backbone", str(tiny_llama_dir), *data]
+    )
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["embed", "--show", "0"]).exit_code == 0
+    eaar = ["train", "eaar", "--preset", "tiny", "--encoder", str(tiny_bert_dir), "--teacher", "notellm"]
+    result = runner.invoke(app, eaar)
+    assert result.exit_code == 0, result.output
+    run_dir = artifacts_dir() / "eaar" / "notellm" / "eaar" / "seed0"
+    assert f"run in {run_dir}" in result.output
+    recorded = json.loads((run_dir / "config.json").read_text())["data"]
+    assert recorded == json.loads((artifacts_dir() / "notellm" / "config.json").read_text())["data"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_items, other_log = write_user_files(other, n_items=30, n_users=60, per_user=12)
+    result = runner.invoke(app, [*eaar, "--items", str(other_items), "--interactions", str(other_log)])
+    assert result.exit_code == 2 and str(other_items) in result.output and str(items) in result.output
