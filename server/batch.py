@@ -48,9 +48,9 @@ def run_batch(
 ) -> list:
     """Exactly one response per request, in order (see the module docstring)."""
     what = model.name
-    respond = _responder(model)
     responses: list = [None] * len(requests)
     try:
+        respond = _responder(model)
         parsed = _parse_each(requests, parse, responses, what)
         if parsed:
             try:

@@ -106,6 +106,8 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def _session(path: Path, threads: int | None = None, device: torch.device | None = None):
+    """An onnxruntime session on `device` (a served instance's: its CUDA provider is required for a GPU),
+    or, with None, on CUDA where this onnxruntime build has it, else the CPU."""
     import onnxruntime as ort
 
     if not path.is_file():
@@ -117,10 +119,13 @@ def _session(path: Path, threads: int | None = None, device: torch.device | None
         threads = int(os.environ.get("LLMREC_ORT_THREADS", "0"))
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    device = device or resolve_device(None)
+    available = ort.get_available_providers()
     providers: list = ["CPUExecutionProvider"]
-    if device.type == "cuda":  # the instance's GPU, through this onnxruntime build's CUDA provider
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if device is None:  # not a served instance: CUDA where this onnxruntime build has it, else the CPU
+        if "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+    elif device.type == "cuda":  # the instance's GPU, through this onnxruntime build's CUDA provider
+        if "CUDAExecutionProvider" not in available:
             raise RuntimeError(
                 f"{path.name} should run on {device} but this onnxruntime has no CUDA provider"
             )
@@ -138,7 +143,10 @@ class NoteEmbedder:
         self.prompts = PromptBuilder(tokenizer, PromptConfig(**meta["prompt"]))
         self.pad_id = tokenizer.pad_token_id
         self.dim = int(meta["emb_dim"])
-        self.session = _session(graph_path(folder, NOTELLM_ONNX, precision), device=resolve_device(device))
+        self.session = _session(
+            graph_path(folder, NOTELLM_ONNX, precision),
+            device=None if device is None else torch.device(device),
+        )
 
     def inputs(self, items: list[dict]) -> dict[str, np.ndarray]:
         batch = collate([self.prompts.embedding_prompt(item) for item in items], self.pad_id)
@@ -285,7 +293,9 @@ class RankScorer:
         self.config = RankerConfig(**json.loads((folder / RANKER_META).read_text()))
         self.tokenize = ServingTokenizer(folder / TOKENIZER).padded(self.config.max_tokens)
         self.device = resolve_device(device)
-        self.session = _session(graph_path(folder, ENCODER_ONNX, precision), threads, self.device)
+        self.session = _session(
+            graph_path(folder, ENCODER_ONNX, precision), threads, None if device is None else self.device
+        )
         state = torch.load(folder / RANKER_HEAD, map_location="cpu")
         hidden = int(state["hidden"])
         self.head = RankHead(self.config, hidden)

@@ -182,7 +182,7 @@ def for_stage(
                 f"{run_dir} was split with test fraction {run.test_fraction}; {stage} was given {test_fraction}"
             )
         return run
-    given = DataSource.given(items, interactions, test_fraction if test_fraction is not None else None)
+    given = DataSource.given(items, interactions, test_fraction)
     if run is not None:
         if test_fraction is None:  # the flags name files; the split stays the run's
             given = DataSource(**{**given.record(), "test_fraction": run.test_fraction})
