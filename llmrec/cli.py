@@ -216,8 +216,13 @@ def embed(
 
     run_dir = run_dir or _notellm_dir()
     source = _source(items, None, None, run_dir, "llmrec embed", items_only=True)
+    # the log, where there is one, only to show the most interacted items: embed needs the items alone
+    with_log = source.name != "user" or (
+        source.interactions is not None and Path(source.interactions).is_file()
+    )
     try:
-        catalogue = source.load_items()
+        data = source.load() if with_log else None
+        catalogue = data.items if data is not None else source.load_items()
     except (SchemaError, ValueError) as e:
         raise _fail(e) from None
     out = out or run_dir / "item_vectors.npy"
@@ -249,8 +254,8 @@ def embed(
     )
     if show > 0:  # the most interacted items where the interactions are known, else the first ones
         shown = catalogue["item_id"].head(show).tolist()
-        if source.interactions or source.name != "user":
-            shown = source.load().interactions["item_id"].value_counts().index[:show].tolist()
+        if data is not None:
+            shown = data.interactions["item_id"].value_counts().index[:show].tolist()
         typer.echo(table(vector_sanity.neighbours(vectors, catalogue, shown)))
 
 

@@ -12,7 +12,6 @@ file whose content changed since is refused the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from llmrec.training.schema import RecData, SchemaError
+from llmrec.training.vector_job import file_digest as sha256
 
 MOVIELENS = "movielens-100k"
 USER = "user"
@@ -28,14 +28,6 @@ DEFAULT_TEST_FRACTION = 0.1
 
 class DataMismatch(ValueError):
     """A stage was given other data than the run it builds on was trained on."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,10 +108,10 @@ class DataSource:
         for path, digest in files:
             if not Path(path).is_file():
                 raise DataMismatch(f"{path}, the data this run was trained on, is gone: pass the data flags")
-            if sha256(path) != digest:
+            if (now := sha256(path)) != digest:
                 raise DataMismatch(
                     f"{path} changed since the run was trained on it (sha256 {digest[:12]} then, "
-                    f"{sha256(path)[:12]} now): train again on the new file, or restore it"
+                    f"{now[:12]} now): train again on the new file, or restore it"
                 )
 
     def load(self) -> RecData:
