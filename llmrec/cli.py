@@ -569,7 +569,10 @@ def serve(
     ] = "cpu",
     tls_cert: Annotated[
         Path | None,
-        typer.Option(help="PEM certificate: gRPC runs TLS (HTTP then listens on 127.0.0.1 only)."),
+        typer.Option(
+            help="PEM certificate: gRPC runs TLS (at the admission proxy with --max-in-flight); HTTP then "
+            "listens on 127.0.0.1 only."
+        ),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
     max_in_flight: Annotated[
@@ -601,10 +604,6 @@ def serve(
         raise _fail(ValueError("give both --tls-cert and --tls-key, or neither"))
     limits = proxy = None
     if max_in_flight is not None:
-        if tls_cert:
-            raise _fail(
-                ValueError("--max-in-flight with TLS is not supported yet: the proxy speaks plain gRPC")
-            )
         try:
             limits = Limits(max_in_flight, max_queue, queue_timeout_ms)
         except ValueError as e:
@@ -625,8 +624,10 @@ def serve(
             metrics_port,
             target=target,
             control_key=key,
-            tls=(tls_cert, tls_key) if tls_cert else None,
-            grpc_host=None if limits is None else "127.0.0.1",  # behind the proxy, Triton's gRPC stays local
+            # Behind the proxy Triton's gRPC stays plain on 127.0.0.1 and the proxy speaks TLS to callers.
+            tls=(tls_cert, tls_key) if tls_cert and limits is None else None,
+            grpc_host=None if limits is None else "127.0.0.1",
+            http_host="127.0.0.1" if tls_cert else None,  # no TLS for HTTP in this build: it stays local
         )
         if key is None:
             key_file = artifacts_dir() / "server" / "control.key"
@@ -638,7 +639,12 @@ def serve(
         grpc_url = server.grpc_url
         if limits is not None:
             proxy = AdmissionProxy(
-                server.grpc_url, limits, host=host, port=grpc_port, metrics_port=admission_metrics_port
+                server.grpc_url,
+                limits,
+                host=host,
+                port=grpc_port,
+                metrics_port=admission_metrics_port,
+                tls=(tls_cert, tls_key) if tls_cert else None,
             ).start()
             grpc_url = (
                 f"{proxy.grpc_url} (admission proxy: {proxy.limits.max_in_flight} in flight, "
@@ -647,7 +653,7 @@ def serve(
         for line in server.report():
             typer.echo(line)
         typer.echo(
-            f"serving {server.repo}: gRPC {grpc_url}{' (TLS)' if server.tls else ''}, "
+            f"serving {server.repo}: gRPC {grpc_url}{' (TLS)' if tls_cert else ''}, "
             f"HTTP {server.http_url}, metrics {server.metrics_url}"
         )
         where = f"${CONTROL_KEY_ENV}" if key else f"{key_file} (or set ${CONTROL_KEY_ENV})"

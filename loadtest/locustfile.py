@@ -13,7 +13,8 @@ With LLMREC_LOAD_CALL_LOG set, every call is also written there as `t,name,statu
 the run started): the overload and soak summaries need the latency of admitted calls apart from the
 refused ones, which locust's percentiles mix. With LLMREC_CLIENT_METRICS_PORT set, the calls' latencies
 (`llmrec_client_request_seconds`, llmrec.server.metrics) are served on that port for Prometheus (the compose
-stack's locust service).
+stack's locust service). With LLMREC_LOAD_TLS_CA (a PEM file: the server's certificate or its CA) the users
+talk TLS (deploy/compose.tls.yml).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _LOG_PATH = os.environ.get("LLMREC_LOAD_CALL_LOG")
 CALL_LOG = open(_LOG_PATH, "w", buffering=1 << 16) if _LOG_PATH else None  # noqa: SIM115 (open while locust runs)
 STARTED = time.monotonic()
 RATE = float(os.environ.get("LLMREC_LOAD_RATE", "4"))
+TLS_CA = os.environ.get("LLMREC_LOAD_TLS_CA") or None
 WORKLOAD: Workload | None = None
 
 
@@ -88,7 +90,11 @@ class ServingUser(User):
 
     def on_start(self):
         self.client = RankingClient(
-            self.host, timeout=float(os.environ.get("LLMREC_LOAD_TIMEOUT", "30")), retries=0
+            self.host,
+            timeout=float(os.environ.get("LLMREC_LOAD_TIMEOUT", "30")),
+            retries=0,
+            ssl=TLS_CA is not None,
+            root_certificates=TLS_CA,
         )
         self.rng = random.Random()
         self.next_at = time.monotonic() + self.rng.uniform(0, 1.0 / self.per_user_rps)  # the phase

@@ -11,6 +11,9 @@ cost the server anything, with gRPC status UNAVAILABLE and a message that says s
 retry UNAVAILABLE with backoff. Its configuration (admission/haproxy.cfg) is the one the compose stack and
 `llmrec serve --max-in-flight` run; it also serves HAProxy's Prometheus metrics (queue, refusals).
 
+`tls=(cert, key)` makes the public port speak TLS (HAProxy terminates it; Triton's gRPC behind it stays plain
+on 127.0.0.1): the two PEM files are joined into one private file (mode 0600) for HAProxy, removed at stop.
+
 HAProxy is a system package (`apt-get install haproxy`, `make admission-tools`); LLMREC_HAPROXY names another
 binary.
 """
@@ -81,6 +84,7 @@ class AdmissionProxy:
         cpus: set[int] | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 10.0,
+        tls: tuple[Path, Path] | None = None,
     ):
         self.server = server
         self.limits = limits
@@ -91,6 +95,11 @@ class AdmissionProxy:
         self.cpus = set(cpus) if cpus else None
         self.log_path = Path(log_path or artifacts_dir() / "server" / f"admission-{self.port}.log")
         self.startup_timeout = startup_timeout
+        self.tls = tuple(Path(p).resolve() for p in tls) if tls else None
+        for path in self.tls or ():
+            if not path.is_file():
+                raise FileNotFoundError(f"TLS file {path} does not exist")
+        self.tls_pem = self.log_path.with_suffix(".pem") if self.tls else None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -118,7 +127,16 @@ class AdmissionProxy:
             "LLMREC_ADMISSION_QUEUE_TIMEOUT_MS": str(self.limits.queue_timeout_ms),
             "LLMREC_ADMISSION_CALL_TIMEOUT_S": str(self.limits.call_timeout_s),
             "LLMREC_ADMISSION_THREADS": "1",
-        }
+        } | ({"LLMREC_ADMISSION_TLS_PEM": str(self.tls_pem)} if self.tls else {})
+
+    def _write_tls_pem(self) -> None:
+        """Certificate then key in one file, readable by this user only (HAProxy's `crt` wants both)."""
+        cert, key = (p.read_text() for p in self.tls)
+        self.tls_pem.parent.mkdir(parents=True, exist_ok=True)
+        self.tls_pem.unlink(missing_ok=True)
+        fd = os.open(self.tls_pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(cert.rstrip("\n") + "\n" + key)
 
     def check(self) -> None:
         """Validate the configuration with these settings (haproxy -c); ServerError naming the problem."""
@@ -129,6 +147,15 @@ class AdmissionProxy:
             raise ServerError(f"HAProxy refused {CONFIG}:\n{result.stdout}{result.stderr}")
 
     def start(self) -> AdmissionProxy:
+        if self.tls:
+            self._write_tls_pem()
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # removes the joined PEM too
+            raise
+
+    def _start(self) -> AdmissionProxy:
         self.check()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
@@ -155,6 +182,8 @@ class AdmissionProxy:
 
     def stop(self, timeout: float = 3.0) -> None:
         """SIGUSR1 (soft stop: finish the calls in flight, accept no new ones), then SIGKILL after `timeout`."""
+        if self.tls_pem is not None:
+            self.tls_pem.unlink(missing_ok=True)  # HAProxy read it at start
         if self.process is None or self.process.poll() is not None:
             return
         try:

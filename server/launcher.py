@@ -149,6 +149,7 @@ class TritonServer:
         exit_timeout: int = 5,
         cpus: set[int] | None = None,
         grpc_host: str | None = None,
+        http_host: str | None = None,
     ):
         if target not in ("cpu", "gpu"):
             raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
@@ -161,7 +162,8 @@ class TritonServer:
         for path in self.tls or ():
             if not path.is_file():
                 raise FileNotFoundError(f"TLS file {path} does not exist")
-        self.http_host = "127.0.0.1" if self.tls else host
+        # TLS covers gRPC only (this build has none for HTTP), so with TLS here or at the proxy HTTP stays local
+        self.http_host = http_host or ("127.0.0.1" if self.tls else host)
         self.grpc_host = grpc_host or host  # 127.0.0.1 behind the admission proxy (llmrec.server.admission)
         ports = iter(free_ports(3, host))
         self.http_port = http_port or next(ports)

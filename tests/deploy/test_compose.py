@@ -149,3 +149,23 @@ def test_dashboard_client_metrics_exist_in_the_client():
 
     client_names = {m for m in dashboard_metrics() if m.startswith("llmrec_client_")}
     assert {n.removesuffix("_bucket").removesuffix("_count") for n in client_names} == {REQUEST_SECONDS._name}
+
+
+def test_the_tls_override_mounts_the_certificate_for_the_server_and_the_load_generator(tmp_path, monkeypatch):
+    """deploy/compose.tls.yml: the image's LLMREC_TLS_CERT/KEY point into a read-only mount of LLMREC_TLS_DIR,
+    and locust trusts the same certificate; without LLMREC_TLS_DIR `up` refuses, naming it."""
+    tls = ROOT / "deploy" / "compose.tls.yml"
+    monkeypatch.setenv("LLMREC_TLS_DIR", str(tmp_path))
+    result = compose("-f", str(tls), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    triton, locust = services["triton"], services["locust"]
+    assert triton["environment"]["LLMREC_TLS_CERT"] == "/tls/tls.crt"
+    assert triton["environment"]["LLMREC_TLS_KEY"] == "/tls/tls.key"
+    assert locust["environment"]["LLMREC_LOAD_TLS_CA"] == "/tls/tls.crt"
+    for service in (triton, locust):
+        (mount,) = [v for v in service["volumes"] if v["target"] == "/tls"]
+        assert mount["source"] == str(tmp_path) and mount["read_only"]
+    monkeypatch.delenv("LLMREC_TLS_DIR")
+    refused = compose("-f", str(tls), "config", "-q")
+    assert refused.returncode != 0 and "LLMREC_TLS_DIR" in refused.stderr

@@ -50,3 +50,43 @@ def test_the_serving_stage_is_the_same_for_both_targets():
         body = "\n".join(line for line in stage.splitlines() if not line.lstrip().startswith("#"))
         assert not re.search(r"serving-(cpu|gpu)|wheelhouse/(cpu|gpu)", body), stage.splitlines()[0]
         assert "ARG TARGET" in body
+
+
+def server_command(env: dict[str, str]) -> list[str]:
+    """The arguments the serving image's CMD gives `llmrec serve` under `env` (its shell, run with llmrec
+    replaced by printf)."""
+    import json
+    import subprocess
+
+    line = next(
+        line for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    )
+    shell, flag, script = json.loads(line.removeprefix("CMD "))
+    assert (shell, flag) == ("sh", "-c") and script.startswith("exec llmrec serve ")
+    script = script.replace("exec llmrec serve ", "exec printf '%s\\n' ", 1)
+    result = subprocess.run(
+        [shell, flag, script],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def test_the_image_passes_the_admission_and_tls_settings_to_llmrec_serve():
+    base = ["--repo", "/models", "--host", "0.0.0.0", "--target", "cpu"]
+    assert server_command({"LLMREC_TARGET": "cpu", "LLMREC_MAX_IN_FLIGHT": ""}) == base
+    with_all = server_command(
+        {"LLMREC_TARGET": "cpu", "LLMREC_MAX_IN_FLIGHT": "4", "LLMREC_TLS_CERT": "/tls/a b.crt",
+         "LLMREC_TLS_KEY": "/tls/tls.key"}
+    )  # fmt: skip
+    assert with_all == [
+        *base,
+        "--max-in-flight",
+        "4",
+        "--tls-cert",
+        "/tls/a b.crt",
+        "--tls-key",
+        "/tls/tls.key",
+    ]

@@ -96,3 +96,25 @@ def test_the_targets_differ_only_in_image_and_gpu():
         for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
     ]
     assert images == ["llmrec/triton:0.1.0-gpu", "llmrec/triton:0.1.0-cpu"]
+
+
+def test_the_tls_component_mounts_the_secret_for_the_image_and_changes_nothing_else():
+    """overlays/gpu-tls = the gpu target + components/tls: the Secret llmrec-tls read-only at /tls and the
+    image's LLMREC_TLS_CERT/KEY pointing into it; every other field as in the gpu target."""
+    tls = {f"{d['kind']}/{d['metadata']['name']}": d for d in render(K8S / "overlays" / "gpu-tls")}
+    for resource in tls.values():
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    pod = tls["Deployment/llmrec-triton"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMREC_TLS_CERT"] == "/tls/tls.crt" and env["LLMREC_TLS_KEY"] == "/tls/tls.key"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/tls", "readOnly": True}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"] == {"secretName": "llmrec-tls", "defaultMode": 0o400}
+    # take the additions out again: what is left is the gpu target
+    container["env"] = [e for e in container["env"] if not e["name"].startswith("LLMREC_TLS_")]
+    container["volumeMounts"].remove(mount)
+    pod["volumes"].remove(volume)
+    gpu = {f"{d['kind']}/{d['metadata']['name']}": d for d in render(K8S / "overlays" / "gpu")}
+    assert tls == gpu

@@ -4,6 +4,7 @@ and a clean shutdown of `llmrec serve` on SIGTERM, SIGINT, a crash and an interr
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -319,6 +320,11 @@ def wait_serving(process: subprocess.Popen) -> list[psutil.Process]:
     raise AssertionError(f"llmrec serve exited with {process.wait()} before serving")
 
 
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 too
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -405,6 +411,48 @@ def test_serve_behind_the_admission_proxy_answers_on_its_port_and_stops_clean(re
         assert time.monotonic() - started < 10
         wait_for(lambda: gone(children), 5, "the proxy and the server to go")
         assert not list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), "shared memory left behind"
+    finally:
+        process.kill()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_serve_with_tls_behind_the_admission_proxy_refuses_plain_text_and_serves_tls(repo, tmp_path):
+    """With --tls-cert/--tls-key and --max-in-flight the proxy speaks TLS on the public port (Triton's gRPC
+    stays plain on 127.0.0.1 behind it); the key's joined copy for HAProxy is private and gone at stop."""
+    cert, key = self_signed(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    process, (http_port, grpc_port, metrics_port) = serve(
+        repo,
+        artifacts,
+        "--host",
+        "0.0.0.0",
+        "--max-in-flight",
+        "2",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    try:
+        children = wait_serving(process)
+        public = f"127.0.0.1:{grpc_port}"
+        plain = RankingClient(public, timeout=5.0, retries=0)
+        assert plain.health()["live"] is False
+        with pytest.raises(ServingError):
+            plain.similar(item_id="3", k=2)
+        secure = RankingClient(public, ssl=True, root_certificates=cert)
+        assert secure.health()["ready"] and len(secure.similar(item_id="3", k=2)) == 2
+        (joined,) = (artifacts / "server").glob("admission-*.pem")
+        assert joined.stat().st_mode & 0o777 == 0o600
+        triton = next(p for p in children if p.name() == "tritonserver")
+        listening = {c.laddr for c in triton.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        plain_text = {addr for addr in listening if addr.port != metrics_port}  # metrics are plain by design
+        assert http_port in {addr.port for addr in plain_text}
+        assert all(loopback(addr.ip) for addr in plain_text), listening  # gRPC and HTTP stay local
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        wait_for(lambda: gone(children), 5, "the proxy and the server to go")
+        assert not joined.exists()
     finally:
         process.kill()
 
