@@ -99,8 +99,9 @@ def test_the_targets_differ_only_in_image_and_gpu():
 
 
 def test_the_tls_component_mounts_the_secret_for_the_image_and_changes_nothing_else():
-    """overlays/gpu-tls = the gpu target + components/tls: the Secret llmrec-tls read-only at /tls and the
-    image's LLMREC_TLS_CERT/KEY pointing into it; every other field as in the gpu target."""
+    """overlays/gpu-tls = the gpu target + components/tls: the Secret llmrec-tls read-only at /tls, the
+    image's LLMREC_TLS_CERT/KEY pointing into it, and every probe inside the pod (with TLS, HTTP listens on
+    127.0.0.1 only: a kubelet httpGet would fail); every other field as in the gpu target."""
     tls = {f"{d['kind']}/{d['metadata']['name']}": d for d in render(K8S / "overlays" / "gpu-tls")}
     for resource in tls.values():
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
@@ -112,9 +113,17 @@ def test_the_tls_component_mounts_the_secret_for_the_image_and_changes_nothing_e
     assert mount == {"name": "tls", "mountPath": "/tls", "readOnly": True}
     [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
     assert volume["secret"] == {"secretName": "llmrec-tls", "defaultMode": 0o400}
+    for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
+        assert "httpGet" not in container[probe] and "localhost:8000" in " ".join(
+            container[probe]["exec"]["command"]
+        )
     # take the additions out again: what is left is the gpu target
     container["env"] = [e for e in container["env"] if not e["name"].startswith("LLMREC_TLS_")]
     container["volumeMounts"].remove(mount)
     pod["volumes"].remove(volume)
     gpu = {f"{d['kind']}/{d['metadata']['name']}": d for d in render(K8S / "overlays" / "gpu")}
+    [plain] = gpu["Deployment/llmrec-triton"]["spec"]["template"]["spec"]["containers"]
+    for probe in ("livenessProbe", "startupProbe"):
+        assert plain[probe]["httpGet"]["path"] == "/v2/health/live"
+        container[probe] = plain[probe]
     assert tls == gpu
