@@ -44,6 +44,12 @@ class NoteLLMConfig:
     # their mean and covariance (transformers' default). The row stays frozen with the embeddings.
     emb_row_init: Literal["mean", "sampled"] = "sampled"
     tau_init: float = 3.0  # GCL temperature, learnable; the scale is e^tau
+    # Centre each training batch's projected vectors on their mean before the norm (ours, not the paper's; at
+    # inference the fitted `center` plays that part). Every note shares the prompt and the [EMB] token, so the
+    # cheapest way down from a high first loss is to move all vectors together: they collapse onto one and
+    # the contrastive loss sits at log(2B - 1). Centred, a common shift changes nothing, and the loss can only
+    # fall by telling notes apart (docs/RESULTS.md: one seed in three stalled without it).
+    batch_center: bool = False
     alpha: float = 0.01  # weight of the generation loss: L = (L_cl + alpha L_gen) / (1 + alpha)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 
@@ -182,9 +188,14 @@ class NoteLLM(nn.Module):
                 inputs_embeds=trunk, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state
 
-    def note_vectors(self, hidden: torch.Tensor, emb_index: torch.Tensor) -> torch.Tensor:
-        """L2-normalised note vectors (B, d) from the states at (or just before) [EMB], less the fitted center."""
+    def note_vectors(
+        self, hidden: torch.Tensor, emb_index: torch.Tensor, batch_center: bool = False
+    ) -> torch.Tensor:
+        """L2-normalised note vectors (B, d) from the states at (or just before) [EMB], less the fitted center
+        (or, with `batch_center`, less the mean of this batch's projected vectors)."""
         projected = self.project(self.vector_states(hidden, emb_index).to(self.project.weight.dtype))
+        if batch_center:
+            return F.normalize(projected - projected.mean(0, keepdim=True), dim=-1)
         return F.normalize(projected - self.center.to(projected.dtype), dim=-1)
 
     @torch.no_grad()
@@ -208,7 +219,9 @@ class NoteLLM(nn.Module):
         # the contrastive loss barely left chance on the cpu preset.
         with torch.autocast(hidden.device.type, enabled=False):
             hidden = hidden.float()
-            l_cl = self.gcl(self.note_vectors(hidden, batch["emb_index"]))
+            l_cl = self.gcl(
+                self.note_vectors(hidden, batch["emb_index"], batch_center=self.config.batch_center)
+            )
             return l_cl, generation_loss(hidden, batch["labels"], self.lm.lm_head)
 
     @torch.no_grad()

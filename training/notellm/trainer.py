@@ -95,7 +95,7 @@ class NoteLLMTrainer:
                 {"params": head, "lr": train_config.head_lr},
                 {
                     "params": temperature,
-                    "lr": train_config.head_lr,
+                    "lr": train_config.head_lr if train_config.tau_lr is None else train_config.tau_lr,
                     "weight_decay": 0.0,
                 },  # no pull toward tau = 0
             ],

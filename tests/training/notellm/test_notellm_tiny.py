@@ -166,3 +166,30 @@ def test_emb_row_init_mean_is_the_mean_pretrained_row_for_every_seed(tiny_llama_
     torch.manual_seed(1)
     b = NoteLLM(config(tiny_llama_dir)).lm.get_input_embeddings().weight[-1]
     assert not torch.equal(a, b)  # "sampled" (the default) draws a different row per seed
+
+
+def test_batch_center_makes_a_common_shift_free_and_inference_uses_the_fitted_center(tiny_llama_dir):
+    """With batch_center the training loss cannot fall by moving every note together (the collapse that
+    stalled a seed at log(2B - 1)); outside the loss the note vector keeps the fitted center."""
+    torch.manual_seed(0)
+    model = NoteLLM(config(tiny_llama_dir, batch_center=True))
+    states = torch.randn(8, 1, model.lm.config.hidden_size)
+    at = torch.zeros(8, dtype=torch.long)
+    shift = torch.randn(model.lm.config.hidden_size) * 5.0
+
+    def loss(hidden, batch_center):
+        return model.gcl(model.note_vectors(hidden, at, batch_center=batch_center))
+
+    assert torch.allclose(loss(states, True), loss(states + shift, True), atol=1e-5)
+    assert not torch.allclose(loss(states, False), loss(states + shift, False), atol=1e-3)
+    model.center.copy_(torch.randn(16))
+    expected = torch.nn.functional.normalize(model.project(states[:, 0]) - model.center, dim=-1)
+    assert torch.allclose(model.note_vectors(states, at), expected, atol=1e-6)
+
+
+def test_the_temperature_can_have_its_own_learning_rate(tiny_llama_dir, tmp_path):
+    tc = TrainConfig(steps=1, batch_pairs=4, head_lr=1e-3, tau_lr=0.05)
+    trainer = NoteLLMTrainer(config(tiny_llama_dir), tc, tmp_path)
+    rates = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert rates[id(trainer.model.gcl.tau)] == 0.05
+    assert rates[id(trainer.model.project.weight)] == 1e-3
