@@ -341,6 +341,15 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """However a test ends, nothing it started keeps running: SIGKILL llmrec serve and its descendants
+    (tritonserver, HAProxy, the python stubs), which would otherwise outlive it as orphans."""
+    for child in descendants(process.pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    process.kill()
+
+
 def triton_pids(processes: list[psutil.Process]) -> list[int]:
     """tritonserver among processes seen while it ran (psutil keeps a name once read)."""
     pids = []
@@ -393,7 +402,7 @@ def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, si
         assert time.monotonic() - started < 10
         assert_clean(process, children, tmp_path, grpc_port)
     finally:
-        process.kill()
+        kill_tree(process)
 
 
 def test_serve_behind_the_admission_proxy_answers_on_its_port_and_stops_clean(repo, tmp_path):
@@ -412,7 +421,7 @@ def test_serve_behind_the_admission_proxy_answers_on_its_port_and_stops_clean(re
         wait_for(lambda: gone(children), 5, "the proxy and the server to go")
         assert not list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), "shared memory left behind"
     finally:
-        process.kill()
+        kill_tree(process)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -454,7 +463,7 @@ def test_serve_with_tls_behind_the_admission_proxy_refuses_plain_text_and_serves
         wait_for(lambda: gone(children), 5, "the proxy and the server to go")
         assert not joined.exists()
     finally:
-        process.kill()
+        kill_tree(process)
 
 
 def test_serve_exits_non_zero_when_tritonserver_dies_and_cleans_up(repo, tmp_path):
@@ -466,7 +475,7 @@ def test_serve_exits_non_zero_when_tritonserver_dies_and_cleans_up(repo, tmp_pat
         assert "exited on its own with status -9" in process.stdout.read()
         assert_clean(process, children, tmp_path, grpc_port)
     finally:
-        process.kill()
+        kill_tree(process)
 
 
 def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
@@ -485,4 +494,4 @@ def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
         assert "serving" not in process.stdout.read()
         assert_clean(process, seen, tmp_path, grpc_port)
     finally:
-        process.kill()
+        kill_tree(process)
