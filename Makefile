@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements/assets.txt
 	$(PIP) --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
-# The demo trains 300 of the NoteLLM cpu preset's 450 steps (trunk-cached, bf16: about 5 minutes on 2 cores) to
+# The demo trains 300 of the NoteLLM cpu preset's 400 steps (trunk-cached, bf16: about 5 minutes on 2 cores) to
 # stay within 15 minutes; `llmrec embed` prints how spread the vectors are, their genre agreement against
 # random, and a few items' neighbours.
 demo: setup  ## the main job, end to end, on the CPU (< 15 min)
