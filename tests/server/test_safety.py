@@ -296,19 +296,15 @@ def test_a_seeded_fuzz_run_crashes_nothing_and_fails_no_valid_request(repo, tmp_
 # --- shutdown ----------------------------------------------------------------------------------
 def serve(repo: Path, artifacts: Path, *extra: str) -> tuple[subprocess.Popen, list[int]]:
     http, grpc, metrics = free_ports(3)
-    command = [sys.executable, "-c", "from llmrec.cli import app; app()", "serve", "--repo", str(repo),
+    # A shell that starts jobs in the background (nohup, `&`) ignores SIGINT, and children inherit that: the
+    # server restores Python's handler first, so that SIGINT means Ctrl-C here however the tests were launched.
+    # Not with preexec_fn: that forces a fork() of this process, whose gRPC clients' threads can make the child
+    # abort before exec (seen: "llmrec serve exited with -6 before serving", no output, in a full run).
+    start = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from llmrec.cli import app; app()"
+    command = [sys.executable, "-c", start, "serve", "--repo", str(repo),
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]  # fmt: skip
     env = {**os.environ, "LLMREC_ARTIFACTS": str(artifacts)}
-    # A shell that starts jobs in the background (nohup, `&`) ignores SIGINT, and children inherit that: give
-    # the server the default disposition so that SIGINT means Ctrl-C here however the tests were launched.
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     return process, [http, grpc, metrics]
 
 
