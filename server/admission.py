@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmrec.paths import artifacts_dir
-from llmrec.server.launcher import ServerError, free_ports, pinned_to
+from llmrec.server.launcher import ServerError, free_ports, pinned_to, tls_files
 
 CONFIG_DIR = Path(__file__).resolve().parent / "admission"
 CONFIG = CONFIG_DIR / "haproxy.cfg"
@@ -95,10 +95,7 @@ class AdmissionProxy:
         self.cpus = set(cpus) if cpus else None
         self.log_path = Path(log_path or artifacts_dir() / "server" / f"admission-{self.port}.log")
         self.startup_timeout = startup_timeout
-        self.tls = tuple(Path(p).resolve() for p in tls) if tls else None
-        for path in self.tls or ():
-            if not path.is_file():
-                raise FileNotFoundError(f"TLS file {path} does not exist")
+        self.tls = tls_files(tls)
         self.tls_pem = self.log_path.with_suffix(".pem") if self.tls else None
         self.process: subprocess.Popen | None = None
 

@@ -132,6 +132,17 @@ def pinned_to(cpus: set[int] | None):
     return lambda: os.sched_setaffinity(0, cpus)
 
 
+def tls_files(tls: tuple[Path, Path] | None) -> tuple[Path, Path] | None:
+    """(certificate, key) as absolute paths, FileNotFoundError naming one that is missing; None stays None."""
+    if not tls:
+        return None
+    paths = tuple(Path(p).resolve() for p in tls)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"TLS file {path} does not exist")
+    return paths
+
+
 class TritonServer:
     def __init__(
         self,
@@ -158,10 +169,7 @@ class TritonServer:
         if not self.repo.is_dir():
             raise FileNotFoundError(f"model repository {self.repo} does not exist: run `llmrec export` first")
         self.host = host
-        self.tls = tuple(Path(p).resolve() for p in tls) if tls else None
-        for path in self.tls or ():
-            if not path.is_file():
-                raise FileNotFoundError(f"TLS file {path} does not exist")
+        self.tls = tls_files(tls)
         # TLS covers gRPC only (this build has none for HTTP), so with TLS here or at the proxy HTTP stays local
         self.http_host = http_host or ("127.0.0.1" if self.tls else host)
         self.grpc_host = grpc_host or host  # 127.0.0.1 behind the admission proxy (llmrec.server.admission)
