@@ -584,6 +584,15 @@ def serve(
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
     queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
+    overload_after_ms: Annotated[
+        int,
+        typer.Option(
+            help="Calls waiting without a break this long (half a full queue) = overloaded: the proxy then "
+            "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
+        ),
+    ] = 100,
+    overload_in_flight: Annotated[int, typer.Option(help="Calls at the server while overloaded.")] = 1,
+    overload_queue: Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")] = 2,
     admission_metrics_port: Annotated[
         int, typer.Option(help="The admission proxy's Prometheus metrics port (with --max-in-flight).")
     ] = 8003,
@@ -605,7 +614,14 @@ def serve(
     limits = proxy = None
     if max_in_flight is not None:
         try:
-            limits = Limits(max_in_flight, max_queue, queue_timeout_ms)
+            limits = Limits(
+                max_in_flight,
+                max_queue,
+                queue_timeout_ms,
+                overload_after_ms,
+                overload_in_flight,
+                overload_queue,
+            )
         except ValueError as e:
             raise _fail(e) from None
 
@@ -866,8 +882,24 @@ def loadtest(
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
     queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
+    overload_after_ms: Annotated[
+        int,
+        typer.Option(
+            help="Calls waiting without a break this long (half a full queue) = overloaded: the proxy then "
+            "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
+        ),
+    ] = 100,
+    overload_in_flight: Annotated[int, typer.Option(help="Calls at the server while overloaded.")] = 1,
+    overload_queue: Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")] = 2,
     admission_cpus: Annotated[
         str | None, typer.Option(help="Pin the admission proxy to these CPUs (default: unpinned).")
+    ] = None,
+    arrivals: Annotated[
+        str | None,
+        typer.Option(
+            help="spike and soak: evenly spaced calls or a Poisson stream (default: even for the spike, "
+            "poisson for the soak)."
+        ),
     ] = None,
 ) -> None:
     """Load test the served models with locust gRPC users and perf_analyzer; table and plots."""
@@ -879,6 +911,8 @@ def loadtest(
         raise _fail(ValueError(f"unknown model(s) {sorted(unknown)}: choose from rank, similar, embed"))
     if rank_by not in ("texts", "ids"):
         raise _fail(ValueError(f"--rank-by must be texts or ids, got {rank_by!r}"))
+    if arrivals not in (None, "even", "poisson"):
+        raise _fail(ValueError(f"--arrivals must be even or poisson, got {arrivals!r}"))
     os.environ["LLMREC_LOAD_RANK_BY"] = rank_by  # read by the locust processes (llmrec.loadtest.locustfile)
     out = out or artifacts_dir() / "loadtest" / (scenario + ("" if batching else "-no-batching"))
     cpus = None
@@ -900,14 +934,21 @@ def loadtest(
                 ValueError("--max-in-flight starts a proxy in front of the embedded server, not of --url")
             )
         try:
-            admission = Limits(max_in_flight, max_queue, queue_timeout_ms)
+            admission = Limits(
+                max_in_flight,
+                max_queue,
+                queue_timeout_ms,
+                overload_after_ms,
+                overload_in_flight,
+                overload_queue,
+            )
             proxy_cpus = _cpu_set(admission_cpus) if admission_cpus else None
         except ValueError as e:
             raise _fail(e) from None
     try:
         run_suite(
             scenario, _repo(repo), out, chosen, duration, rate, p99_bound_ms, batching, url, metrics_url,
-            cpus=cpus, admission=admission, admission_cpus=proxy_cpus,
+            cpus=cpus, admission=admission, admission_cpus=proxy_cpus, arrivals=arrivals,
         )  # fmt: skip
     except (LoadTestFailed, ServerError, FileNotFoundError, ValueError, RuntimeError) as e:
         raise _fail(e) from None

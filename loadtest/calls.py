@@ -1,4 +1,4 @@
-"""Read the per-call log of a locust run (LLMREC_LOAD_CALL_LOG: `t,name,status,ms`) into the figures an
+"""Read the per-call log of an open-loop run (llmrec.loadtest.openloop: `t,name,status,ms`) into the figures an
 overload or soak test is judged by: latency of the admitted (answered) calls apart from the refused ones.
 
     phases(log, {"base": (0, 20), "peak": (20, 50), "after": (50, 80)})   # per phase: calls, OK, refusals, p50/p99

@@ -8,10 +8,8 @@ Every call is reported to locust with its gRPC status: a failed call counts as a
 
 The shape of the load comes from the environment (set by llmrec.loadtest.runner):
 LLMREC_LOAD_RATE (requests per second offered, all users together) and LLMREC_LOAD_USERS (the overload
-spike uses llmrec.loadtest.openloop, which keeps its schedule at rates a one-core locust cannot).
-With LLMREC_LOAD_CALL_LOG set, every call is also written there as `t,name,status,ms` (seconds since
-the run started): the overload and soak summaries need the latency of admitted calls apart from the
-refused ones, which locust's percentiles mix. With LLMREC_CLIENT_METRICS_PORT set, the calls' latencies
+spike and the soak use llmrec.loadtest.openloop, which keeps its schedule at rates a one-core locust cannot
+and logs every call). With LLMREC_CLIENT_METRICS_PORT set, the calls' latencies
 (`llmrec_client_request_seconds`, llmrec.server.metrics) are served on that port for Prometheus (the compose
 stack's locust service). With LLMREC_LOAD_TLS_CA (a PEM file: the server's certificate or its CA) the users
 talk TLS (deploy/compose.tls.yml).
@@ -36,9 +34,6 @@ from llmrec.loadtest.workload import Workload  # noqa: E402
 from llmrec.server.client import RankingClient, ServingError  # noqa: E402
 
 USERS = int(os.environ.get("LLMREC_LOAD_USERS", "8"))
-_LOG_PATH = os.environ.get("LLMREC_LOAD_CALL_LOG")
-CALL_LOG = open(_LOG_PATH, "w", buffering=1 << 16) if _LOG_PATH else None  # noqa: SIM115 (open while locust runs)
-STARTED = time.monotonic()
 RATE = float(os.environ.get("LLMREC_LOAD_RATE", "4"))
 TLS_CA = os.environ.get("LLMREC_LOAD_TLS_CA") or None
 WORKLOAD: Workload | None = None
@@ -64,8 +59,6 @@ def _exit_without_grpc_teardown(exit_code: int, **_):
     closed, and ends the process with locust's exit code."""
 
     def _exit():
-        if CALL_LOG is not None:
-            CALL_LOG.close()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -115,9 +108,6 @@ class ServingUser(User):
         except ServingError as e:
             exception = e
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        if CALL_LOG is not None:
-            status = exception.status.removeprefix("StatusCode.") if exception else "OK"
-            CALL_LOG.write(f"{time.monotonic() - STARTED:.3f},{name},{status},{elapsed_ms:.3f}\n")
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,

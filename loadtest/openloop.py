@@ -10,7 +10,8 @@ admission proxy held at most 16 calls at the server. Here the requests are seria
 asyncio loop over a few HTTP/2 channels (grpc.aio) and timed on completion, a small fraction of that CPU per
 call, so that the figures describe the server.
 
-Each phase `seconds:rate` sends evenly spaced calls (as the locust users do); a call not answered within
+Each phase `seconds:rate` sends evenly spaced calls (as each locust user does), or with `--arrivals poisson`
+the calls of many independent callers (exponential gaps); a call not answered within
 `--timeout` counts as DEADLINE_EXCEEDED. Every call is written to `--log` as `t,name,status,ms` (seconds
 from the start), the format llmrec.loadtest.calls reads; a JSON summary is printed at the end.
 """
@@ -82,19 +83,31 @@ def parse_phases(spec: str) -> list[tuple[float, float]]:
     return phases
 
 
-def schedule(phases: list[tuple[float, float]]) -> list[float]:
-    """Send times (s from the start): evenly spaced within each phase."""
+ARRIVALS = ("even", "poisson")
+
+
+def schedule(phases: list[tuple[float, float]], arrivals: str = "even", seed: int = 0) -> list[float]:
+    """Send times (s from the start) within each phase: evenly spaced, or a Poisson stream (independent
+    callers: exponential gaps at the phase's rate, seeded, so calls sometimes come close together)."""
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals {arrivals!r}: choose from {', '.join(ARRIVALS)}")
+    rng = random.Random(seed)
     times, start = [], 0.0
     for seconds, rate in phases:
-        n = int(round(seconds * rate))
-        times += [start + i / rate for i in range(n)]
+        if arrivals == "even":
+            times += [start + i / rate for i in range(int(round(seconds * rate)))]
+        else:
+            at = start + rng.expovariate(rate)
+            while at < start + seconds:
+                times.append(at)
+                at += rng.expovariate(rate)
         start += seconds
     return times
 
 
 async def run(
     url: str, model: str, built: list, phases: list[tuple[float, float]], log_path: Path,
-    timeout_s: float = 30.0, channels: int = 4,
+    timeout_s: float = 30.0, channels: int = 4, arrivals: str = "even",
 ) -> dict:  # fmt: skip
     opened = [grpc.aio.insecure_channel(url) for _ in range(channels)]
     stubs = itertools.cycle([service_pb2_grpc.GRPCInferenceServiceStub(c) for c in opened])
@@ -111,7 +124,7 @@ async def run(
         rows.append((sent_at, status, (time.perf_counter() - sent_at) * 1e3))
 
     start = time.perf_counter()
-    for at, request in zip(schedule(phases), itertools.cycle(built)):
+    for at, request in zip(schedule(phases, arrivals), itertools.cycle(built)):
         delay = start + at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -145,12 +158,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--arrivals", choices=ARRIVALS, default="even")
     args = parser.parse_args(argv)
     built = requests(
         Workload.load(args.workload), args.model, rank_by=os.environ.get("LLMREC_LOAD_RANK_BY", "texts")
     )
     summary = asyncio.run(
-        run(args.url, args.model, built, parse_phases(args.phases), args.log, args.timeout, args.channels)
+        run(
+            args.url,
+            args.model,
+            built,
+            parse_phases(args.phases),
+            args.log,
+            args.timeout,
+            args.channels,
+            args.arrivals,
+        )
     )
     print(json.dumps(summary), flush=True)
 

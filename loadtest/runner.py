@@ -9,8 +9,9 @@ Scenarios:
   spike   a base rate, 3x the saturation rate for 30 s, then the base rate again, sent by the open-loop
           generator (llmrec.loadtest.openloop); the per-call log (llmrec.loadtest.calls) gives the
           admitted calls' latency and the refusals per phase and per second, and the recovery.
-  soak    one rate (70% of saturation by default) for a long time (10 min): errors, and the drift of
-          the admitted calls' p99 from the first half of the run to the second.
+  soak    one rate (70% of saturation by default) for a long time (10 min), from the open-loop generator
+          (Poisson arrivals by default): errors, and the drift of the admitted calls' p99 from the first
+          half of the run to the second.
 """
 
 from __future__ import annotations
@@ -322,26 +323,24 @@ def ramp(
     return saturation, reached, runs
 
 
-def spike(
-    target: Target, workload: Path, out_dir: Path, model: str, saturation: float, base_share: float = 0.5,
-    warm_s: float = 20, peak_s: float = 30, tail_s: float = 30,
-) -> RunResult:  # fmt: skip
-    """The base rate, 3x the saturation rate for `peak_s`, the base rate again, from the open-loop generator
-    (llmrec.loadtest.openloop: at 3x a one-core locust saturates and times its own wait, not the server's)."""
-    base, peak = saturation * base_share, saturation * 3
-    label = f"{model}-spike"
+def open_loop(
+    target: Target, workload: Path, out_dir: Path, label: str, model: str, phases: list[tuple[float, float]],
+    arrivals: str = "even",
+) -> tuple[RunResult, list]:  # fmt: skip
+    """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
+    the run's totals and Triton's split over the same window, and the per-call log."""
     log = out_dir / f"{label}.calls.csv"
-    phases = [(warm_s, base), (peak_s, peak), (tail_s, base)]
+    seconds = sum(s for s, _ in phases)
     before = metrics.scrape(target.metrics_url)
     started = time.time()
     command = [
         sys.executable, "-m", "llmrec.loadtest.openloop", "--url", target.grpc_url, "--workload", str(workload),
         "--model", model, "--phases", ",".join(f"{s}:{r}" for s, r in phases), "--log", str(log),
-        "--timeout", str(CALL_TIMEOUT_S),
+        "--timeout", str(CALL_TIMEOUT_S), "--arrivals", arrivals,
     ]  # fmt: skip
     result = subprocess.run(
         command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
-        timeout=warm_s + peak_s + tail_s + STOP_TIMEOUT_S + 60,
+        timeout=seconds + STOP_TIMEOUT_S + 60,
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(
@@ -349,26 +348,40 @@ def spike(
         )
     server = metrics.server_split(before, _settled_scrape(target.metrics_url))
     log_calls = calls.read(log)
-    total = calls.phases(log_calls, {"all": (0.0, warm_s + peak_s + tail_s)})["all"]
+    run = RunResult(
+        label=label,
+        tasks=model,
+        offered_rps=phases[0][1],
+        duration_s=time.time() - started,
+        locust={model: calls.summary(log_calls, seconds)},
+        server=server,
+    )
+    run.calls = {
+        "generator": {"open-loop": json.loads(result.stdout.strip().splitlines()[-1]), "arrivals": arrivals},
+        "total": calls.phases(log_calls, {"all": (0.0, seconds)})["all"],
+    }
+    return run, log_calls
+
+
+def spike(
+    target: Target, workload: Path, out_dir: Path, model: str, saturation: float, base_share: float = 0.5,
+    warm_s: float = 35, peak_s: float = 30, tail_s: float = 30, arrivals: str = "even",
+) -> RunResult:  # fmt: skip
+    """The base rate, 3x the saturation rate for `peak_s`, the base rate again, from the open-loop generator
+    (at 3x a one-core locust saturates and times its own wait, not the server's). The base phase's first 5 s
+    are not counted (a cold start); its p99 is the reference for the peak's."""
+    base, peak = saturation * base_share, saturation * 3
+    phases = [(warm_s, base), (peak_s, peak), (tail_s, base)]
+    run, log_calls = open_loop(target, workload, out_dir, f"{model}-spike", model, phases, arrivals)
     spans = {
         "base": (5.0, warm_s),
         "peak": (warm_s, warm_s + peak_s),
         "after": (warm_s + peak_s, warm_s + peak_s + tail_s),
     }
-    run = RunResult(
-        label=label,
-        tasks=model,
-        offered_rps=base,
-        duration_s=time.time() - started,
-        locust={model: calls.summary(log_calls, warm_s + peak_s + tail_s)},
-        server=server,
-    )
-    run.calls = {
-        "generator": {"open-loop": json.loads(result.stdout.strip().splitlines()[-1])},
+    run.calls |= {
         "phases": calls.phases(log_calls, spans),
         "offered_rps": {"base": base, "peak": peak},
         "per_second": calls.per_second(log_calls),
-        "total": total,
     }
     base_p99 = run.calls["phases"]["base"]["ok_p99_ms"]
     run.calls["recovery_s"] = calls.recovery_s(log_calls, warm_s + peak_s, base_p99)
@@ -376,26 +389,15 @@ def spike(
 
 
 def soak(
-    target: Target, workload: Path, out_dir: Path, tasks: str, rate: float, duration_s: float = 600.0
-) -> RunResult:
-    """`rate` req/s for `duration_s`: errors and the drift of the admitted calls' p99 over the run."""
-    label = f"{tasks.replace(',', '+')}-soak"
-    log = out_dir / f"{label}.calls.csv"
-    run = locust_run(
-        target,
-        workload,
-        out_dir,
-        label,
-        tasks,
-        rate,
-        duration_s,
-        {"LLMREC_LOAD_CALL_LOG": str(log)},
+    target: Target, workload: Path, out_dir: Path, model: str, rate: float, duration_s: float = 600.0,
+    arrivals: str = "poisson",
+) -> RunResult:  # fmt: skip
+    """`rate` req/s for `duration_s` from the open-loop generator, as a Poisson stream by default (many
+    independent callers): errors, and the drift of the admitted calls' p99 over the run."""
+    run, log_calls = open_loop(
+        target, workload, out_dir, f"{model}-soak", model, [(duration_s, rate)], arrivals
     )
-    log_calls = calls.read(log)
-    run.calls = {
-        "drift": calls.drift(log_calls),
-        "total": calls.phases(log_calls, {"all": (0.0, duration_s + 1)})["all"],
-    }
+    run.calls["drift"] = calls.drift(log_calls)
     return run
 
 

@@ -3,7 +3,8 @@
 Scenarios: smoke (seconds, every model; fails on any error or if locust and Triton disagree on the
 request count), steady, ramp (saturation point and the p99 at 50% / 80% of it per model), spike (3x the
 saturation rate for 30 s: refusals and the admitted calls' latency per phase, recovery), soak (70% of the
-saturation rate for 10 minutes: errors and p99 drift), perf (perf_analyzer at concurrency 1..32), full
+saturation rate for 10 minutes: errors and p99 drift; both from the open-loop generator, `arrivals` even or
+poisson, by default even for the spike and poisson for the soak), perf (perf_analyzer at concurrency 1..32), full
 (ramp + spike + perf).
 Everything lands in artifacts/loadtest/<scenario>/: the JSON of every run, the table, PNG plots.
 """
@@ -94,6 +95,7 @@ def run_suite(
     cpus: tuple[set[int], set[int]] | None = None,
     admission: Limits | None = None,
     admission_cpus: set[int] | None = None,
+    arrivals: str | None = None,
 ) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     workload = workload or Workload.of_pipeline()
@@ -106,6 +108,7 @@ def run_suite(
         "p99_bound_ms": {m: p99_bound_ms or DEFAULT_P99_BOUND_MS[m] for m in models},
         "cpus": {"server": sorted(cpus[0]), "load": sorted(cpus[1])} if cpus else "shared",
         "admission": {**vars(admission), "cpus": sorted(admission_cpus or ())} if admission else None,
+        "arrivals": arrivals,
     }
     runs: list[runner.RunResult] = []
     with target(repo, url, metrics_url, batching, out_dir, cpus, admission, admission_cpus) as where:
@@ -145,7 +148,9 @@ def run_suite(
                     f"spike: {model}, base {saturation * 0.5:.2f} req/s, peak {saturation * 3:.2f} req/s for 30 s",
                     flush=True,
                 )
-                run = runner.spike(where, workload_path, out_dir, model, saturation)
+                run = runner.spike(
+                    where, workload_path, out_dir, model, saturation, arrivals=arrivals or "even"
+                )
                 runs.append(run)
                 report.plot_spike(run, out_dir / f"{model}-spike.png")
                 result.setdefault("recovery_s", {})[model] = run.calls["recovery_s"]
@@ -167,7 +172,9 @@ def run_suite(
                     f"soak: {model} at {soak_rate:.1f} req/s ({SOAK_SHARE:.0%} of {saturation}) for {soak_s:.0f} s",
                     flush=True,
                 )
-                run = runner.soak(where, workload_path, out_dir, model, soak_rate, soak_s)
+                run = runner.soak(
+                    where, workload_path, out_dir, model, soak_rate, soak_s, arrivals=arrivals or "poisson"
+                )
                 runs.append(run)
                 result.setdefault("soak", {})[model] = run.calls
                 report.show(

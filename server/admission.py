@@ -8,7 +8,9 @@ latency of every call grows with the offered rate (docs/BENCHMARKS.md, "Overload
 model repository comes after that wait. The proxy keeps at most `max_in_flight` calls at the server, lets at
 most `max_queue` more wait (each for at most `queue_timeout_ms`), and answers the rest at once, before they
 cost the server anything, with gRPC status UNAVAILABLE and a message that says so; the project's clients
-retry UNAVAILABLE with backoff. Its configuration (admission/haproxy.cfg) is the one the compose stack and
+retry UNAVAILABLE with backoff. Under sustained overload the queue stops absorbing bursts and only adds its
+length to every admitted call, so the proxy then holds fewer calls and lets fewer wait until the load falls
+(`Limits.overload_*`, admission/overload.lua). Its configuration (admission/haproxy.cfg) is the one the compose stack and
 `llmrec serve --max-in-flight` run; it also serves HAProxy's Prometheus metrics (queue, refusals).
 
 `tls=(cert, key)` makes the public port speak TLS (HAProxy terminates it; Triton's gRPC behind it stays plain
@@ -44,19 +46,27 @@ class Limits:
     """How many calls the server holds at once, how many more may wait, and for how long."""
 
     # Defaults from the 3x spike and the 70% soak on `similar` (2-core box, docs/BENCHMARKS.md): 4 calls at the
-    # server keep its batches full; a queue of 16 for up to 50 ms absorbs the bursts of real traffic (5 ms
-    # refused 21% of the calls of a 70% soak; 50 ms: 0.15%), at the price of a higher p99 under overload.
+    # server keep its batches full; a queue of 16 for up to 50 ms absorbs the bursts of real traffic.
     max_in_flight: int = 4
     max_queue: int = 16
     queue_timeout_ms: int = 50
+    # Sustained overload: when half a full queue has been waiting at every arrival for `overload_after_ms`, the
+    # proxy holds `overload_in_flight` calls at the server and lets `overload_queue` wait, refusing the rest,
+    # until most calls find no call waiting again (admission/overload.lua). A full queue at 3x the saturation
+    # rate made the admitted p99 3-7x its half-load value; one call at the server and two waiting, 0.8-1.3x.
+    # overload_after_ms 0: never switch.
+    overload_after_ms: int = 100
+    overload_in_flight: int = 1
+    overload_queue: int = 2
     call_timeout_s: int = 60
 
     def __post_init__(self):
-        for name in ("max_in_flight", "queue_timeout_ms", "call_timeout_s"):
+        for name in ("max_in_flight", "queue_timeout_ms", "overload_in_flight", "call_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"admission {name} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue < 0:
-            raise ValueError(f"admission max_queue must be 0 or more, got {self.max_queue}")
+        for name in ("max_queue", "overload_after_ms", "overload_queue"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"admission {name} must be 0 or more, got {getattr(self, name)}")
 
 
 def haproxy_binary() -> Path:
@@ -122,6 +132,9 @@ class AdmissionProxy:
             "LLMREC_ADMISSION_MAX_IN_FLIGHT": str(self.limits.max_in_flight),
             "LLMREC_ADMISSION_MAX_QUEUE": str(self.limits.max_queue),
             "LLMREC_ADMISSION_QUEUE_TIMEOUT_MS": str(self.limits.queue_timeout_ms),
+            "LLMREC_ADMISSION_OVERLOAD_AFTER_MS": str(self.limits.overload_after_ms),
+            "LLMREC_ADMISSION_OVERLOAD_IN_FLIGHT": str(self.limits.overload_in_flight),
+            "LLMREC_ADMISSION_OVERLOAD_QUEUE": str(self.limits.overload_queue),
             "LLMREC_ADMISSION_CALL_TIMEOUT_S": str(self.limits.call_timeout_s),
             "LLMREC_ADMISSION_THREADS": "1",
         } | ({"LLMREC_ADMISSION_TLS_PEM": str(self.tls_pem)} if self.tls else {})

@@ -86,6 +86,20 @@ def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(
     assert report.plot_spike(run, tmp_path / "spike.png").stat().st_size > 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
+    """`llmrec loadtest --scenario soak`, shortened: a Poisson stream for 6 s, every call answered, the drift
+    of the admitted p99 over the run's windows."""
+    workload = tiny_workload(tiny_repo["items"]).save(tmp_path / "workload.json")
+    with target(tiny_repo["repo"], None, None, True, tmp_path) as where:
+        run = runner.soak(where, workload, tmp_path, "similar", 15.0, duration_s=6.0)
+    assert run.calls["generator"]["arrivals"] == "poisson"
+    total = run.calls["total"]
+    assert 50 < total["calls"] < 140 and total["ok"] == total["calls"]
+    assert len(run.calls["drift"]["windows"]) == 10 and run.calls["drift"]["first_half_p99_ms"] > 0
+
+
 def test_open_loop_requests_for_every_model():
     workload = tiny_workload(make_items(24))
     for model in openloop.MODELS:
@@ -108,6 +122,18 @@ def test_open_loop_phases_and_schedule():
     for bad in ("2", "x:1", "0:5", "2:-1"):
         with pytest.raises(ValueError, match="phase"):
             openloop.parse_phases(bad)
+
+
+def test_poisson_arrivals_keep_the_rate_and_are_seeded():
+    phases = [(50.0, 40.0), (50.0, 200.0)]
+    times = openloop.schedule(phases, "poisson", seed=3)
+    first = [t for t in times if t < 50.0]
+    assert abs(len(first) - 2000) < 150 and abs(len(times) - len(first) - 10000) < 400  # ~4 sd
+    assert times == sorted(times) and times == openloop.schedule(phases, "poisson", seed=3)
+    gaps = np.diff(first)
+    assert 0.8 < gaps.std() / gaps.mean() < 1.2, "exponential gaps: as spread as they are long"
+    with pytest.raises(ValueError, match="arrivals 'bursty'"):
+        openloop.schedule(phases, "bursty")
 
 
 def runner_rows(out_dir):

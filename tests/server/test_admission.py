@@ -24,6 +24,10 @@ def test_limits_name_what_is_wrong():
         Limits(max_in_flight=0)
     with pytest.raises(ValueError, match="max_queue must be 0 or more"):
         Limits(max_queue=-1)
+    with pytest.raises(ValueError, match="overload_in_flight must be at least 1"):
+        Limits(overload_in_flight=0)
+    with pytest.raises(ValueError, match="overload_after_ms must be 0 or more"):
+        Limits(overload_after_ms=-5)
 
 
 def test_a_missing_haproxy_says_how_to_install_it(monkeypatch):
@@ -64,20 +68,9 @@ def test_the_excess_is_refused_at_once_with_unavailable_and_the_server_keeps_ser
     limits = Limits(max_in_flight=1, max_queue=0)
     with AdmissionProxy(server.grpc_url, limits, log_path=tmp_path / "proxy.log") as proxy:
 
-        async def one(client, i: int) -> str:
-            text = grpcaio.InferInput(contract.TEXT, [1, 1], "BYTES")
-            text.set_data_from_numpy(np.array([[f"a film about {i}".encode()]], dtype=object))
-            k = grpcaio.InferInput(contract.K, [1, 1], "INT32")
-            k.set_data_from_numpy(np.array([[5]], dtype="int32"))
-            try:
-                await client.infer("similar", [text, k])
-                return "ok"
-            except InferenceServerException as e:
-                return f"{e.status()}|{e.message()}"
-
         async def burst() -> list[str]:
             async with grpcaio.InferenceServerClient(proxy.grpc_url) as client:
-                return await asyncio.gather(*(one(client, i) for i in range(48)))
+                return await asyncio.gather(*(_similar_by_text(client, i) for i in range(48)))
 
         results = asyncio.run(burst())
         refused = [r for r in results if r != "ok"]
@@ -89,6 +82,63 @@ def test_the_excess_is_refused_at_once_with_unavailable_and_the_server_keeps_ser
             assert message.startswith(admission.REFUSAL_PREFIX), r
         # the project's client retries a refusal with backoff; the server answers as before
         assert RankingClient(proxy.grpc_url).similar(text="a film", k=3)
+
+
+async def _similar_by_text(client, i: int) -> str:
+    """'ok', or 'status|message' of the failure."""
+    text = grpcaio.InferInput(contract.TEXT, [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[f"a film about {i}".encode()]], dtype=object))
+    k = grpcaio.InferInput(contract.K, [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[5]], dtype="int32"))
+    try:
+        await client.infer("similar", [text, k])
+        return "ok"
+    except InferenceServerException as e:
+        return f"{e.status()}|{e.message()}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sustained_overload_stops_the_queueing_and_a_lighter_load_brings_it_back(server, tmp_path):
+    """32 callers without pause against one slot and a queue of 4: the queue stands, the proxy switches to its
+    overloaded mode (one call waiting at most) and refuses with a message that says so; once calls come one
+    at a time again it queues again. Every call is answered or refused, nothing else fails."""
+    limits = Limits(
+        max_in_flight=1, max_queue=4, queue_timeout_ms=2000, overload_after_ms=50, overload_queue=1
+    )
+    log = tmp_path / "proxy.log"
+    with AdmissionProxy(server.grpc_url, limits, log_path=log) as proxy:
+
+        async def flood(seconds: float) -> list[str]:
+            async with grpcaio.InferenceServerClient(proxy.grpc_url) as client:
+                end = asyncio.get_running_loop().time() + seconds
+
+                async def caller(c: int) -> list[str]:
+                    got = []
+                    while asyncio.get_running_loop().time() < end:
+                        got.append(await _similar_by_text(client, c * 1000 + len(got)))
+                    return got
+
+                return [r for rs in await asyncio.gather(*(caller(c) for c in range(32))) for r in rs]
+
+        async def one_at_a_time(seconds: float) -> list[str]:
+            async with grpcaio.InferenceServerClient(proxy.grpc_url) as client:
+                end, got = asyncio.get_running_loop().time() + seconds, []
+                while asyncio.get_running_loop().time() < end:
+                    got.append(await _similar_by_text(client, len(got)))
+                return got
+
+        flooded = asyncio.run(flood(2.0))
+        calm = asyncio.run(one_at_a_time(1.0))
+    refusals = [r.split("|", 1) for r in flooded if r != "ok"]
+    assert flooded.count("ok") > 0 and refusals
+    assert {status for status, _ in refusals} == {"StatusCode.UNAVAILABLE"}
+    assert all(message.startswith(admission.REFUSAL_PREFIX) for _, message in refusals)
+    assert any("overloaded" in message for _, message in refusals), "the queue stood: the overloaded mode"
+    assert calm and set(calm) == {"ok"}, "one call at a time is never refused"
+    text = log.read_text()
+    assert "overloaded: 1 at the server, 1 waiting" in text
+    assert text.index("queueing again") > text.index("overloaded: 1 at the server")
 
 
 @pytest.mark.integration
@@ -110,4 +160,5 @@ def test_the_cli_defaults_are_the_limits_defaults():
     for command in (cli.serve, cli.loadtest):
         params = inspect.signature(command).parameters
         assert params["max_queue"].default == Limits().max_queue, command.__name__
-        assert params["queue_timeout_ms"].default == Limits().queue_timeout_ms, command.__name__
+        for name in ("queue_timeout_ms", "overload_after_ms", "overload_in_flight", "overload_queue"):
+            assert params[name].default == getattr(Limits(), name), (command.__name__, name)

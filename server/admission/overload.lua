@@ -1,0 +1,99 @@
+-- llmrec's admission proxy: whether a call that finds every server slot busy may wait (haproxy.cfg runs
+-- `llmrec_admit` on every call; llmrec.server.admission.Limits documents the settings).
+--
+-- A queue in front of the server absorbs bursts: at a load the server carries, calls that arrive together
+-- wait a few milliseconds and are all answered. Under sustained overload the same queue is full all the time
+-- and adds its whole length to the latency of every call it admits (at 3x the saturation rate a queue of 16
+-- made the admitted p99 3-7x its value at half load). So the proxy works in two modes:
+--
+--   queueing    up to MAX_IN_FLIGHT calls at the server, up to MAX_QUEUE more wait (HAProxy's `timeout
+--               queue` bounds the wait), the rest are refused. When at least half a full queue has been
+--               waiting at every arrival for OVERLOAD_AFTER_MS (a burst at a load the server carries drains
+--               well before that), the server is overloaded and the proxy switches to
+--   overloaded  OVERLOAD_IN_FLIGHT calls at the server and OVERLOAD_QUEUE waiting, the rest refused at once:
+--               an admitted call waits behind a few calls, not a full queue. Every WINDOW_MS it looks at the
+--               calls of that window: when at least EXIT_SHARE of them found no call waiting, the server keeps
+--               up again and the proxy goes back to queueing.
+--
+-- Each decision reads HAProxy's own counters at the call's arrival (calls at the server, calls waiting): a
+-- few microseconds. One HAProxy thread (nbthread 1) runs it, so the state below needs no lock. Every switch is
+-- logged (a warning in the proxy's log, with the rate the server answered while the queue stood).
+
+local function setting(name)
+    local value = tonumber(os.getenv("LLMREC_ADMISSION_" .. name))
+    if value == nil then
+        error("llmrec admission: LLMREC_ADMISSION_" .. name .. " is not set to a number")
+    end
+    return value
+end
+
+local MAX_IN_FLIGHT = setting("MAX_IN_FLIGHT")
+local MAX_QUEUE = setting("MAX_QUEUE")
+local OVERLOAD_AFTER_MS = setting("OVERLOAD_AFTER_MS") -- 0: never switch
+local OVERLOAD_IN_FLIGHT = math.min(setting("OVERLOAD_IN_FLIGHT"), MAX_IN_FLIGHT)
+local OVERLOAD_QUEUE = math.min(setting("OVERLOAD_QUEUE"), MAX_QUEUE)
+local STANDING = math.max(1, MAX_QUEUE // 2)
+local WINDOW_MS = 250
+local EXIT_SHARE = 0.5
+
+local overloaded = false
+local in_flight, queue = MAX_IN_FLIGHT, MAX_QUEUE
+local standing_since = nil -- first arrival of the current run of arrivals that all found >= STANDING waiting
+local answered, answered_then = 0, 0 -- calls the server answered (llmrec_answered), and at standing_since
+local window_start, window_calls, window_empty, window_refused = 0, 0, 0, 0
+
+local function now_ms()
+    local t = core.now()
+    return t.sec * 1000 + t.usec / 1000
+end
+
+local function set_mode(overload, now)
+    overloaded = overload
+    in_flight = overload and OVERLOAD_IN_FLIGHT or MAX_IN_FLIGHT
+    queue = overload and OVERLOAD_QUEUE or MAX_QUEUE
+    core.backends["triton"].servers["triton"]:set_maxconn(tostring(in_flight))
+    standing_since = nil
+    window_start, window_calls, window_empty, window_refused = now, 0, 0, 0
+end
+
+core.register_action("llmrec_answered", { "http-res" }, function(txn)
+    answered = answered + 1
+end)
+
+core.register_action("llmrec_admit", { "http-req" }, function(txn)
+    local now = now_ms()
+    local waiting = txn.f:queue("triton")
+    local refused = txn.f:be_conn("triton") >= in_flight and waiting >= queue
+    if refused then
+        txn:set_var("txn.llmrec_refused", overloaded and "overloaded" or "full")
+    end
+    if overloaded then
+        window_calls = window_calls + 1
+        if waiting == 0 then
+            window_empty = window_empty + 1
+        end
+        if refused then
+            window_refused = window_refused + 1
+        end
+        if now - window_start >= WINDOW_MS then
+            if window_empty >= EXIT_SHARE * window_calls then
+                core.Warning(string.format("llmrec admission: %d of %d calls in the last %.0f ms found no call "
+                    .. "waiting (%d refused); queueing again", window_empty, window_calls, now - window_start,
+                    window_refused))
+                set_mode(false, now)
+            else
+                window_start, window_calls, window_empty, window_refused = now, 0, 0, 0
+            end
+        end
+    elseif waiting < STANDING then
+        standing_since = nil
+    elseif standing_since == nil then
+        standing_since, answered_then = now, answered
+    elseif OVERLOAD_AFTER_MS > 0 and now - standing_since >= OVERLOAD_AFTER_MS then
+        core.Warning(string.format("llmrec admission: %d or more calls waited at every arrival for %.0f ms (the "
+            .. "server answered %.0f calls/s); overloaded: %d at the server, %d waiting, the rest refused",
+            STANDING, now - standing_since, (answered - answered_then) * 1000 / (now - standing_since),
+            OVERLOAD_IN_FLIGHT, OVERLOAD_QUEUE))
+        set_mode(true, now)
+    end
+end)
