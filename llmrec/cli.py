@@ -587,7 +587,7 @@ def serve(
     overload_after_ms: Annotated[
         int,
         typer.Option(
-            help="Calls waiting without a break this long (half a full queue) = overloaded: the proxy then "
+            help="Calls waiting without a break this long (3/4 of a full queue) = overloaded: the proxy then "
             "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
         ),
     ] = 100,
@@ -885,7 +885,7 @@ def loadtest(
     overload_after_ms: Annotated[
         int,
         typer.Option(
-            help="Calls waiting without a break this long (half a full queue) = overloaded: the proxy then "
+            help="Calls waiting without a break this long (3/4 of a full queue) = overloaded: the proxy then "
             "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
         ),
     ] = 100,

@@ -7,9 +7,9 @@
 -- made the admitted p99 3-7x its value at half load). So the proxy works in two modes:
 --
 --   queueing    up to MAX_IN_FLIGHT calls at the server, up to MAX_QUEUE more wait (HAProxy's `timeout
---               queue` bounds the wait), the rest are refused. When at least half a full queue has been
---               waiting at every arrival for OVERLOAD_AFTER_MS (a burst at a load the server carries drains
---               well before that), the server is overloaded and the proxy switches to
+--               queue` bounds the wait), the rest are refused. When three quarters of a full queue or more
+--               have been waiting at every arrival for OVERLOAD_AFTER_MS (a burst at a load the server
+--               carries drains well before that), the server is overloaded and the proxy switches to
 --   overloaded  OVERLOAD_IN_FLIGHT calls at the server and OVERLOAD_QUEUE waiting, the rest refused at once:
 --               an admitted call waits behind a few calls, not a full queue. Every WINDOW_MS it looks at the
 --               calls of that window: when at least EXIT_SHARE of them found no call waiting, the server keeps
@@ -32,7 +32,7 @@ local MAX_QUEUE = setting("MAX_QUEUE")
 local OVERLOAD_AFTER_MS = setting("OVERLOAD_AFTER_MS") -- 0: never switch
 local OVERLOAD_IN_FLIGHT = math.min(setting("OVERLOAD_IN_FLIGHT"), MAX_IN_FLIGHT)
 local OVERLOAD_QUEUE = math.min(setting("OVERLOAD_QUEUE"), MAX_QUEUE)
-local STANDING = math.max(1, MAX_QUEUE // 2)
+local STANDING = math.max(1, 3 * MAX_QUEUE // 4)
 local WINDOW_MS = 250
 local EXIT_SHARE = 0.5
 

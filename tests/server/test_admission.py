@@ -100,13 +100,22 @@ async def _similar_by_text(client, i: int) -> str:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_sustained_overload_stops_the_queueing_and_a_lighter_load_brings_it_back(server, tmp_path):
-    """32 callers without pause against one slot and a queue of 4: the queue stands, the proxy switches to its
-    overloaded mode (one call waiting at most) and refuses with a message that says so; once calls come one
-    at a time again it queues again. Every call is answered or refused, nothing else fails."""
+    """32 callers without pause against two slots and a queue of 4: the queue stands, the proxy switches to its
+    overloaded mode (one call at the server, one waiting) and refuses with a message that says so; once calls
+    come one at a time again it queues again. Every call is answered or refused, nothing else fails."""
     limits = Limits(
-        max_in_flight=1, max_queue=4, queue_timeout_ms=2000, overload_after_ms=50, overload_queue=1
+        max_in_flight=2, max_queue=4, queue_timeout_ms=2000, overload_after_ms=50, overload_queue=1
     )
     log = tmp_path / "proxy.log"
+
+    def session_limit(proxy) -> float:
+        scraped = urllib.request.urlopen(proxy.metrics_url, timeout=5).read().decode()
+        (line,) = [
+            line for line in scraped.splitlines()
+            if line.startswith("haproxy_server_limit_sessions{") and 'proxy="triton"' in line
+        ]  # fmt: skip
+        return float(line.rsplit(" ", 1)[1])
+
     with AdmissionProxy(server.grpc_url, limits, log_path=log) as proxy:
 
         async def flood(seconds: float) -> list[str]:
@@ -128,8 +137,11 @@ def test_sustained_overload_stops_the_queueing_and_a_lighter_load_brings_it_back
                     got.append(await _similar_by_text(client, len(got)))
                 return got
 
+        assert session_limit(proxy) == 2
         flooded = asyncio.run(flood(2.0))
+        assert session_limit(proxy) == 1, "overloaded: one call at the server (the mode shows in the metrics)"
         calm = asyncio.run(one_at_a_time(1.0))
+        assert session_limit(proxy) == 2
     refusals = [r.split("|", 1) for r in flooded if r != "ok"]
     assert flooded.count("ok") > 0 and refusals
     assert {status for status, _ in refusals} == {"StatusCode.UNAVAILABLE"}
