@@ -438,6 +438,19 @@ def eval_eaar_sweep(
 # --- serving -------------------------------------------------------------------------------------
 RepoOpt = Annotated[Path | None, typer.Option(help="Model repository (default: artifacts/model_repo).")]
 UrlOpt = Annotated[str, typer.Option(help="Triton gRPC address.")]
+# The admission proxy's settings, shared by `serve` and `loadtest` (defaults: llmrec.server.admission.Limits,
+# spelled out in each signature so that the CLI starts without importing the proxy module).
+MaxQueueOpt = Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")]
+QueueTimeoutOpt = Annotated[int, typer.Option(help="How long a call may wait at the proxy.")]
+OverloadAfterOpt = Annotated[
+    int,
+    typer.Option(
+        help="Calls waiting without a break this long (3/4 of a full queue) = overloaded: the proxy then "
+        "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
+    ),
+]
+OverloadInFlightOpt = Annotated[int, typer.Option(help="Calls at the server while overloaded.")]
+OverloadQueueOpt = Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")]
 
 
 def _repo(repo: Path | None) -> Path:
@@ -582,17 +595,11 @@ def serve(
             "--max-queue more may wait --queue-timeout-ms, the rest are refused at once (UNAVAILABLE)."
         ),
     ] = None,
-    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
-    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
-    overload_after_ms: Annotated[
-        int,
-        typer.Option(
-            help="Calls waiting without a break this long (3/4 of a full queue) = overloaded: the proxy then "
-            "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
-        ),
-    ] = 100,
-    overload_in_flight: Annotated[int, typer.Option(help="Calls at the server while overloaded.")] = 1,
-    overload_queue: Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")] = 2,
+    max_queue: MaxQueueOpt = 16,
+    queue_timeout_ms: QueueTimeoutOpt = 50,
+    overload_after_ms: OverloadAfterOpt = 100,
+    overload_in_flight: OverloadInFlightOpt = 1,
+    overload_queue: OverloadQueueOpt = 2,
     admission_metrics_port: Annotated[
         int, typer.Option(help="The admission proxy's Prometheus metrics port (with --max-in-flight).")
     ] = 8003,
@@ -880,17 +887,11 @@ def loadtest(
             "at the server; the excess waits (--max-queue) or is refused at once."
         ),
     ] = None,
-    max_queue: Annotated[int, typer.Option(help="Calls the admission proxy lets wait.")] = 16,
-    queue_timeout_ms: Annotated[int, typer.Option(help="How long a call may wait at the proxy.")] = 50,
-    overload_after_ms: Annotated[
-        int,
-        typer.Option(
-            help="Calls waiting without a break this long (3/4 of a full queue) = overloaded: the proxy then "
-            "holds --overload-in-flight calls and lets --overload-queue wait until the load falls; 0: never."
-        ),
-    ] = 100,
-    overload_in_flight: Annotated[int, typer.Option(help="Calls at the server while overloaded.")] = 1,
-    overload_queue: Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")] = 2,
+    max_queue: MaxQueueOpt = 16,
+    queue_timeout_ms: QueueTimeoutOpt = 50,
+    overload_after_ms: OverloadAfterOpt = 100,
+    overload_in_flight: OverloadInFlightOpt = 1,
+    overload_queue: OverloadQueueOpt = 2,
     admission_cpus: Annotated[
         str | None, typer.Option(help="Pin the admission proxy to these CPUs (default: unpinned).")
     ] = None,
