@@ -595,8 +595,8 @@ def serve(
             "--max-queue more may wait --queue-timeout-ms, the rest are refused at once (UNAVAILABLE)."
         ),
     ] = None,
-    max_queue: MaxQueueOpt = 16,
-    queue_timeout_ms: QueueTimeoutOpt = 50,
+    max_queue: MaxQueueOpt = 32,
+    queue_timeout_ms: QueueTimeoutOpt = 100,
     overload_after_ms: OverloadAfterOpt = 100,
     overload_in_flight: OverloadInFlightOpt = 1,
     overload_queue: OverloadQueueOpt = 2,
@@ -887,8 +887,8 @@ def loadtest(
             "at the server; the excess waits (--max-queue) or is refused at once."
         ),
     ] = None,
-    max_queue: MaxQueueOpt = 16,
-    queue_timeout_ms: QueueTimeoutOpt = 50,
+    max_queue: MaxQueueOpt = 32,
+    queue_timeout_ms: QueueTimeoutOpt = 100,
     overload_after_ms: OverloadAfterOpt = 100,
     overload_in_flight: OverloadInFlightOpt = 1,
     overload_queue: OverloadQueueOpt = 2,

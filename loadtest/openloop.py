@@ -13,7 +13,8 @@ call, so that the figures describe the server.
 Each phase `seconds:rate` sends evenly spaced calls (as each locust user does), or with `--arrivals poisson`
 the calls of many independent callers (exponential gaps); a call not answered within
 `--timeout` counts as DEADLINE_EXCEEDED. Every call is written to `--log` as `t,name,status,ms` (seconds
-from the start), the format llmrec.loadtest.calls reads; a JSON summary is printed at the end.
+from the start), the format llmrec.loadtest.calls reads; a JSON summary (calls per status, failures per
+message, calls sent late) is printed at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -113,6 +115,7 @@ async def run(
     stubs = itertools.cycle([service_pb2_grpc.GRPCInferenceServiceStub(c) for c in opened])
     rows: list[tuple[float, str, float]] = []
     pending: set[asyncio.Task] = set()
+    messages: Counter[str] = Counter()  # why calls failed: an overload run tells the proxy's refusals apart
     late = 0
 
     async def call(stub, request, sent_at: float) -> None:
@@ -121,6 +124,7 @@ async def run(
             status = "OK"
         except grpc.aio.AioRpcError as e:
             status = e.code().name
+            messages[f"{status}: {(e.details() or '')[:200]}"] += 1
         rows.append((sent_at, status, (time.perf_counter() - sent_at) * 1e3))
 
     start = time.perf_counter()
@@ -144,7 +148,7 @@ async def run(
     statuses: dict[str, int] = {}
     for _, status, _ in rows:
         statuses[status] = statuses.get(status, 0) + 1
-    return {"calls": len(rows), "statuses": statuses, "late": late}
+    return {"calls": len(rows), "statuses": statuses, "messages": dict(messages.most_common()), "late": late}
 
 
 def main(argv: list[str] | None = None) -> None:

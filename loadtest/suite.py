@@ -79,6 +79,16 @@ def counts_agree(run: runner.RunResult) -> list[str]:
     return problems
 
 
+def _show_failures(run: runner.RunResult) -> None:
+    """The open-loop run's failed calls per message: the proxy's refusals say which limit refused them (queue
+    full, waited too long, overloaded)."""
+    messages = run.calls["generator"]["open-loop"].get("messages") or {}
+    if messages:
+        report.show(
+            f"{run.label}: failed calls by message", [{"calls": n, "message": m} for m, n in messages.items()]
+        )
+
+
 def run_suite(
     scenario: str,
     repo: Path | None,
@@ -162,6 +172,7 @@ def run_suite(
                 report.show(
                     f"spike: {model}, admitted calls per phase (recovery {run.calls['recovery_s']} s)", phases
                 )
+                _show_failures(run)
         if scenario == "soak":
             for model in models:
                 saturation = rate or (result.get("saturation_rps") or {}).get(model)
@@ -178,9 +189,17 @@ def run_suite(
                 runs.append(run)
                 result.setdefault("soak", {})[model] = run.calls
                 report.show(
+                    f"soak: {model}, the warm-up and the soak",
+                    [
+                        {"phase": k, **{f: v for f, v in row.items() if f != "statuses"}}
+                        for k, row in run.calls["phases"].items()
+                    ],
+                )
+                report.show(
                     f"soak: {model}, drift of the admitted p99 {run.calls['drift']['drift']:+.1%}",
                     [{k: v for k, v in w.items() if k != "statuses"} for w in run.calls["drift"]["windows"]],
                 )
+                _show_failures(run)
         if scenario in ("perf", "full"):
             result["perf_analyzer"] = {}
             for model in models:

@@ -46,10 +46,11 @@ class Limits:
     """How many calls the server holds at once, how many more may wait, and for how long."""
 
     # Defaults from the 3x spike and the 70% soak on `similar` (2-core box, docs/BENCHMARKS.md): 4 calls at the
-    # server keep its batches full; a queue of 16 for up to 50 ms absorbs the bursts of real traffic.
+    # server keep its batches full; a queue of 32 for up to 100 ms absorbs the bursts of real traffic and the
+    # box's own slow spells (16 / 50 ms refused 0.12% of a 70% soak while the box ran slower for 4 minutes).
     max_in_flight: int = 4
-    max_queue: int = 16
-    queue_timeout_ms: int = 50
+    max_queue: int = 32
+    queue_timeout_ms: int = 100
     # Sustained overload: when three quarters of a full queue have been waiting at every arrival for `overload_after_ms`, the
     # proxy holds `overload_in_flight` calls at the server and lets `overload_queue` wait, refusing the rest,
     # until most calls find no call waiting again (admission/overload.lua). A full queue at 3x the saturation

@@ -16,7 +16,7 @@ from llmrec.loadtest import openloop, perf_analyzer, report, runner
 from llmrec.loadtest.suite import counts_agree, run_suite, target
 from llmrec.loadtest.workload import Workload
 from llmrec.server import contract
-from llmrec.server.admission import Limits
+from llmrec.server.admission import REFUSAL_PREFIX, Limits
 from tests.conftest import make_items
 
 
@@ -80,6 +80,9 @@ def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(
     total = run.calls["total"]
     assert total["calls"] == 6 * 10 + 4 * 60 + 4 * 10, "open loop: every scheduled call leaves"
     assert total["other_errors"] == 0 and total["ok"] + total["refused"] == total["calls"]
+    messages = run.calls["generator"]["open-loop"]["messages"]  # the refusals, by the proxy's message
+    assert sum(messages.values()) == total["refused"]
+    assert all(m.startswith(f"UNAVAILABLE: {REFUSAL_PREFIX}") for m in messages)
     assert run.calls["phases"]["base"]["ok"] > 0 and run.calls["phases"]["after"]["ok"] > 0
     assert len(run.calls["per_second"]) == 14
     assert run.locust["similar"]["requests"] == total["calls"]
@@ -89,15 +92,19 @@ def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
-    """`llmrec loadtest --scenario soak`, shortened: a Poisson stream for 6 s, every call answered, the drift
-    of the admitted p99 over the run's windows."""
+    """`llmrec loadtest --scenario soak`, shortened: a Poisson stream for 2 s of warm-up and 6 s counted, every
+    call answered, the drift of the admitted p99 over the counted run's windows."""
     workload = tiny_workload(tiny_repo["items"]).save(tmp_path / "workload.json")
     with target(tiny_repo["repo"], None, None, True, tmp_path) as where:
-        run = runner.soak(where, workload, tmp_path, "similar", 15.0, duration_s=6.0)
+        run = runner.soak(where, workload, tmp_path, "similar", 15.0, duration_s=6.0, warm_s=2.0)
     assert run.calls["generator"]["arrivals"] == "poisson"
-    total = run.calls["total"]
-    assert 50 < total["calls"] < 140 and total["ok"] == total["calls"]
-    assert len(run.calls["drift"]["windows"]) == 10 and run.calls["drift"]["first_half_p99_ms"] > 0
+    total, phases = run.calls["total"], run.calls["phases"]
+    assert 70 < total["calls"] < 180 and total["ok"] == total["calls"]
+    assert phases["warm-up"]["calls"] + phases["soak"]["calls"] == total["calls"]
+    assert 50 < phases["soak"]["calls"] < 140 and run.calls["generator"]["open-loop"]["messages"] == {}
+    windows = run.calls["drift"]["windows"]
+    assert len(windows) == 10 and sum(w["calls"] for w in windows) == phases["soak"]["calls"]
+    assert windows[0]["from_s"] < 1.0 and run.calls["drift"]["first_half_p99_ms"] > 0
 
 
 def test_open_loop_requests_for_every_model():
