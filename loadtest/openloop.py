@@ -14,7 +14,7 @@ Each phase `seconds:rate` sends evenly spaced calls (as each locust user does), 
 the calls of many independent callers (exponential gaps); a call not answered within
 `--timeout` counts as DEADLINE_EXCEEDED. Every call is written to `--log` as `t,name,status,ms` (seconds
 from the start), the format llmrec.loadtest.calls reads; a JSON summary (calls per status, failures per
-message, calls sent late) is printed at the end.
+message, calls sent late, the wall-clock time of t = 0) is printed at the end.
 """
 
 from __future__ import annotations
@@ -127,7 +127,10 @@ async def run(
             messages[f"{status}: {(e.details() or '')[:200]}"] += 1
         rows.append((sent_at, status, (time.perf_counter() - sent_at) * 1e3))
 
-    start = time.perf_counter()
+    start, started_at = (
+        time.perf_counter(),
+        time.time(),
+    )  # the log's t = 0, and the same moment on the wall clock
     for at, request in zip(schedule(phases, arrivals), itertools.cycle(built)):
         delay = start + at - time.perf_counter()
         if delay > 0:
@@ -148,7 +151,13 @@ async def run(
     statuses: dict[str, int] = {}
     for _, status, _ in rows:
         statuses[status] = statuses.get(status, 0) + 1
-    return {"calls": len(rows), "statuses": statuses, "messages": dict(messages.most_common()), "late": late}
+    return {
+        "calls": len(rows),
+        "statuses": statuses,
+        "messages": dict(messages.most_common()),
+        "late": late,
+        "started_at": started_at,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmrec.loadtest import calls
+from llmrec.loadtest import calls, machine
 from llmrec.server import metrics
 from llmrec.server.launcher import pinned_to
 
@@ -40,6 +41,9 @@ class Target:
     metrics_url: str
     control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
     load_cpus: set[int] | None = None  # pin the load generator to these CPUs (apart from the server's)
+    server_cpus: set[int] | None = (
+        None  # the CPUs the server runs on (None: any), watched during open-loop runs
+    )
 
 
 @dataclass
@@ -326,9 +330,11 @@ def ramp(
 def open_loop(
     target: Target, workload: Path, out_dir: Path, label: str, model: str, phases: list[tuple[float, float]],
     arrivals: str = "even",
-) -> tuple[RunResult, list]:  # fmt: skip
+) -> tuple[RunResult, list, Callable[[float, float], dict]]:  # fmt: skip
     """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
-    the run's totals and Triton's split over the same window, and the per-call log."""
+    the run's totals and Triton's split over the same window, the per-call log, and `machine(t0, t1)`: how
+    busy the server's CPUs were and how much of their time was stolen (llmrec.loadtest.machine) between
+    two times of the log."""
     log = out_dir / f"{label}.calls.csv"
     seconds = sum(s for s, _ in phases)
     before = metrics.scrape(target.metrics_url)
@@ -338,10 +344,11 @@ def open_loop(
         "--model", model, "--phases", ",".join(f"{s}:{r}" for s, r in phases), "--log", str(log),
         "--timeout", str(CALL_TIMEOUT_S), "--arrivals", arrivals,
     ]  # fmt: skip
-    result = subprocess.run(
-        command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
-        timeout=seconds + STOP_TIMEOUT_S + 60,
-    )  # fmt: skip
+    with machine.CpuSampler(target.server_cpus) as sampler:
+        result = subprocess.run(
+            command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
+            timeout=seconds + STOP_TIMEOUT_S + 60,
+        )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(
             f"the open-loop generator ({label}) failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
@@ -356,11 +363,16 @@ def open_loop(
         locust={model: calls.summary(log_calls, seconds)},
         server=server,
     )
+    generator = json.loads(result.stdout.strip().splitlines()[-1])
     run.calls = {
-        "generator": {"open-loop": json.loads(result.stdout.strip().splitlines()[-1]), "arrivals": arrivals},
+        "generator": {"open-loop": generator, "arrivals": arrivals},
         "total": calls.phases(log_calls, {"all": (0.0, seconds)})["all"],
     }
-    return run, log_calls
+    return (
+        run,
+        log_calls,
+        lambda t0, t1: sampler.between(generator["started_at"] + t0, generator["started_at"] + t1),
+    )
 
 
 def spike(
@@ -372,14 +384,16 @@ def spike(
     are not counted (a cold start); its p99 is the reference for the peak's."""
     base, peak = saturation * base_share, saturation * 3
     phases = [(warm_s, base), (peak_s, peak), (tail_s, base)]
-    run, log_calls = open_loop(target, workload, out_dir, f"{model}-spike", model, phases, arrivals)
+    run, log_calls, machine_between = open_loop(
+        target, workload, out_dir, f"{model}-spike", model, phases, arrivals
+    )
     spans = {
         "base": (5.0, warm_s),
         "peak": (warm_s, warm_s + peak_s),
         "after": (warm_s + peak_s, warm_s + peak_s + tail_s),
     }
     run.calls |= {
-        "phases": calls.phases(log_calls, spans),
+        "phases": _with_machine(calls.phases(log_calls, spans), spans, machine_between),
         "offered_rps": {"base": base, "peak": peak},
         "per_second": calls.per_second(log_calls),
     }
@@ -397,15 +411,24 @@ def soak(
     the warm-up. The warm-up's figures are kept apart, as the spike's first 5 s are: a server, proxy and
     generator just started can stall for tens of ms (2026-12-03: 24 refusals in the first 0.2 s of a soak
     whose next 600 s refused none)."""
-    run, log_calls = open_loop(
+    run, log_calls, machine_between = open_loop(
         target, workload, out_dir, f"{model}-soak", model, [(warm_s + duration_s, rate)], arrivals
     )
-    steady = [(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s]
+    spans = {"warm-up": (0.0, warm_s), "soak": (warm_s, warm_s + duration_s)}
+    drift = calls.drift([(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s])
+    width = duration_s / max(len(drift["windows"]), 1)
+    for window in drift["windows"]:  # a p99 that moves with the steal moved with the machine
+        window |= machine_between(warm_s + window["from_s"], warm_s + window["from_s"] + width)
     run.calls |= {
-        "phases": calls.phases(log_calls, {"warm-up": (0.0, warm_s), "soak": (warm_s, warm_s + duration_s)}),
-        "drift": calls.drift(steady),
+        "phases": _with_machine(calls.phases(log_calls, spans), spans, machine_between),
+        "drift": drift,
     }
     return run
+
+
+def _with_machine(figures: dict[str, dict], spans: dict, machine_between: Callable) -> dict[str, dict]:
+    """Each span's figures with the server CPUs' busy and stolen shares over the same span."""
+    return {name: row | machine_between(*spans[name]) for name, row in figures.items()}
 
 
 def _summary(run: RunResult, name: str) -> str:

@@ -105,6 +105,9 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     windows = run.calls["drift"]["windows"]
     assert len(windows) == 10 and sum(w["calls"] for w in windows) == phases["soak"]["calls"]
     assert windows[0]["from_s"] < 1.0 and run.calls["drift"]["first_half_p99_ms"] > 0
+    assert (
+        0 <= windows[0]["steal_pct"] <= 100 and 0 < phases["soak"]["busy_pct"] <= 100
+    )  # the machine's figures
 
 
 def test_open_loop_requests_for_every_model():
