@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from llmrec.runs import table
@@ -74,6 +75,37 @@ def plot_spike(run, path: Path) -> Path:
     latency.plot(t, [r["ok_p50_ms"] for r in rows], "b-", label="answered p50")
     latency.plot(t, [r["ok_p99_ms"] for r in rows], "m-", label="answered p99")
     latency.set(xlabel="seconds", ylabel="ms", yscale="log")
+    latency.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_soak(run, path: Path) -> Path:
+    """Every 10 s of a soak: refused calls and the share of the server CPU stolen by the hypervisor, and the
+    admitted calls' p50/p99: whether a p99 that moves, moves with the machine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run.calls["series"]
+    t = [r["from_s"] / 60 for r in rows]
+    width = t[1] - t[0] if len(t) > 1 else 1 / 6
+    mid = [x + width / 2 for x in t]  # the lines at the middle of their window, the bars across it
+    fig, (load, latency) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    load.bar(t, [r["refused"] for r in rows], width=width, align="edge", color="r",
+             label=f"refused calls per {width * 60:.0f} s")  # fmt: skip
+    load.set(ylabel="refused calls", title=f"soak: {run.tasks} at {run.offered_rps:.0f} req/s")
+    steal = load.twinx()
+    steal.plot(mid, [r.get("steal_pct", math.nan) for r in rows], "k-", label="server CPU stolen (%)")
+    steal.set(ylabel="stolen %", ylim=(0, max([10.0] + [r.get("steal_pct", 0) or 0 for r in rows]) * 1.1))
+    load.legend(loc="upper left")
+    steal.legend(loc="upper right")
+    latency.plot(mid, [r["ok_p50_ms"] for r in rows], "b-", label="admitted p50")
+    latency.plot(mid, [r["ok_p99_ms"] for r in rows], "m-", label="admitted p99")
+    latency.set(xlabel="minutes", ylabel="ms", yscale="log")
     latency.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

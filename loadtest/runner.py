@@ -41,9 +41,8 @@ class Target:
     metrics_url: str
     control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
     load_cpus: set[int] | None = None  # pin the load generator to these CPUs (apart from the server's)
-    server_cpus: set[int] | None = (
-        None  # the CPUs the server runs on (None: any), watched during open-loop runs
-    )
+    # The server's CPUs (None: any): open-loop runs report how busy they were and how much time was stolen.
+    server_cpus: set[int] | None = None
 
 
 @dataclass
@@ -415,13 +414,17 @@ def soak(
         target, workload, out_dir, f"{model}-soak", model, [(warm_s + duration_s, rate)], arrivals
     )
     spans = {"warm-up": (0.0, warm_s), "soak": (warm_s, warm_s + duration_s)}
-    drift = calls.drift([(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s])
-    width = duration_s / max(len(drift["windows"]), 1)
-    for window in drift["windows"]:  # a p99 that moves with the steal moved with the machine
-        window |= machine_between(warm_s + window["from_s"], warm_s + window["from_s"] + width)
+    steady = [(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s]
+    drift = calls.drift(steady)  # 10 windows
+    series = calls.drift(steady, windows=max(int(duration_s // 10), 1))["windows"]  # every 10 s, for the plot
+    for rows in (drift["windows"], series):  # a p99 that moves with the steal moved with the machine
+        width = duration_s / max(len(rows), 1)
+        for row in rows:
+            row |= machine_between(warm_s + row["from_s"], warm_s + row["from_s"] + width)
     run.calls |= {
         "phases": _with_machine(calls.phases(log_calls, spans), spans, machine_between),
         "drift": drift,
+        "series": series,
     }
     return run
 

@@ -187,6 +187,7 @@ def run_suite(
                     where, workload_path, out_dir, model, soak_rate, soak_s, arrivals=arrivals or "poisson"
                 )
                 runs.append(run)
+                report.plot_soak(run, out_dir / f"{model}-soak.png")
                 result.setdefault("soak", {})[model] = run.calls
                 report.show(
                     f"soak: {model}, the warm-up and the soak",

@@ -108,6 +108,7 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     assert (
         0 <= windows[0]["steal_pct"] <= 100 and 0 < phases["soak"]["busy_pct"] <= 100
     )  # the machine's figures
+    assert len(run.calls["series"]) == 1 and report.plot_soak(run, tmp_path / "soak.png").stat().st_size > 0
 
 
 def test_open_loop_requests_for_every_model():
