@@ -54,7 +54,7 @@ class Limits:
     # Sustained overload: when three quarters of a full queue have been waiting at every arrival for `overload_after_ms`, the
     # proxy holds `overload_in_flight` calls at the server and lets `overload_queue` wait, refusing the rest,
     # until most calls find no call waiting again (admission/overload.lua). A full queue at 3x the saturation
-    # rate made the admitted p99 7x its half-load value; one call at the server and two waiting, 0.7-1.9x.
+    # rate made the admitted p99 7x its half-load value; one call at the server and two waiting, 0.7-2.4x.
     # overload_after_ms 0: never switch.
     overload_after_ms: int = 100
     overload_in_flight: int = 1
