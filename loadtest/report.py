@@ -57,6 +57,20 @@ def plot_ramp(runs, model: str, p99_bound_ms: float, path: Path) -> Path:
     return path
 
 
+def _latency_and_save(fig, latency, x: list[float], rows: list[dict], xlabel: str, path: Path) -> Path:
+    """The lower panel of the spike and soak plots (admitted p50 and p99 on a log axis), then the file."""
+    import matplotlib.pyplot as plt
+
+    latency.plot(x, [r["ok_p50_ms"] for r in rows], "b-", label="admitted p50")
+    latency.plot(x, [r["ok_p99_ms"] for r in rows], "m-", label="admitted p99")
+    latency.set(xlabel=xlabel, ylabel="ms", yscale="log")
+    latency.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_spike(run, path: Path) -> Path:
     """Per second: offered, answered and refused calls, and the answered calls' p50/p99."""
     import matplotlib
@@ -72,14 +86,7 @@ def plot_spike(run, path: Path) -> Path:
     rates.plot(t, [r["refused"] for r in rows], "r-", label="refused (UNAVAILABLE)")
     rates.set(ylabel="calls / s", title=f"spike: {run.tasks}")
     rates.legend()
-    latency.plot(t, [r["ok_p50_ms"] for r in rows], "b-", label="answered p50")
-    latency.plot(t, [r["ok_p99_ms"] for r in rows], "m-", label="answered p99")
-    latency.set(xlabel="seconds", ylabel="ms", yscale="log")
-    latency.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _latency_and_save(fig, latency, t, rows, "seconds", path)
 
 
 def plot_soak(run, path: Path) -> Path:
@@ -103,14 +110,7 @@ def plot_soak(run, path: Path) -> Path:
     steal.set(ylabel="stolen %", ylim=(0, max([10.0] + [r.get("steal_pct", 0) or 0 for r in rows]) * 1.1))
     load.legend(loc="upper left")
     steal.legend(loc="upper right")
-    latency.plot(mid, [r["ok_p50_ms"] for r in rows], "b-", label="admitted p50")
-    latency.plot(mid, [r["ok_p99_ms"] for r in rows], "m-", label="admitted p99")
-    latency.set(xlabel="minutes", ylabel="ms", yscale="log")
-    latency.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _latency_and_save(fig, latency, mid, rows, "minutes", path)
 
 
 def plot_perf(results: dict[str, list[dict]], path: Path) -> Path:
