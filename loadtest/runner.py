@@ -41,8 +41,10 @@ class Target:
     metrics_url: str
     control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
     load_cpus: set[int] | None = None  # pin the load generator to these CPUs (apart from the server's)
-    # The server's CPUs (None: any): open-loop runs report how busy they were and how much time was stolen.
+    # The server's CPUs on this machine (None: any): open-loop runs report how busy they were and how much time
+    # the hypervisor stole. Off for a server attached by URL (it may run elsewhere).
     server_cpus: set[int] | None = None
+    watch_machine: bool = False
 
 
 @dataclass
@@ -333,7 +335,7 @@ def open_loop(
     """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
     the run's totals and Triton's split over the same window, the per-call log, and `machine(t0, t1)`: how
     busy the server's CPUs were and how much of their time was stolen (llmrec.loadtest.machine) between
-    two times of the log."""
+    two times of the log ({} for a server attached by URL)."""
     log = out_dir / f"{label}.calls.csv"
     seconds = sum(s for s, _ in phases)
     before = metrics.scrape(target.metrics_url)
@@ -367,11 +369,13 @@ def open_loop(
         "generator": {"open-loop": generator, "arrivals": arrivals},
         "total": calls.phases(log_calls, {"all": (0.0, seconds)})["all"],
     }
-    return (
-        run,
-        log_calls,
-        lambda t0, t1: sampler.between(generator["started_at"] + t0, generator["started_at"] + t1),
-    )
+
+    def machine_between(t0: float, t1: float) -> dict:
+        if not target.watch_machine:
+            return {}
+        return sampler.between(generator["started_at"] + t0, generator["started_at"] + t1)
+
+    return run, log_calls, machine_between
 
 
 def spike(

@@ -64,7 +64,9 @@ def target(
                 server.grpc_url, admission, cpus=admission_cpus, log_path=out_dir / "admission.log"
             )
             grpc_url = stack.enter_context(proxy).grpc_url
-        yield runner.Target(grpc_url, server.metrics_url, server.control_key, load_cpus, server_cpus)
+        yield runner.Target(
+            grpc_url, server.metrics_url, server.control_key, load_cpus, server_cpus, watch_machine=True
+        )
 
 
 def counts_agree(run: runner.RunResult) -> list[str]:
