@@ -16,6 +16,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -345,7 +346,8 @@ def open_loop(
         "--model", model, "--phases", ",".join(f"{s}:{r}" for s, r in phases), "--log", str(log),
         "--timeout", str(CALL_TIMEOUT_S), "--arrivals", arrivals,
     ]  # fmt: skip
-    with machine.CpuSampler(target.server_cpus) as sampler:
+    sampler = machine.CpuSampler(target.server_cpus) if target.watch_machine else None
+    with sampler or contextlib.nullcontext():
         result = subprocess.run(
             command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
             timeout=seconds + STOP_TIMEOUT_S + 60,
@@ -371,7 +373,7 @@ def open_loop(
     }
 
     def machine_between(t0: float, t1: float) -> dict:
-        if not target.watch_machine:
+        if sampler is None:
             return {}
         return sampler.between(generator["started_at"] + t0, generator["started_at"] + t1)
 
