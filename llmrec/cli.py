@@ -450,7 +450,9 @@ OverloadAfterOpt = Annotated[
     ),
 ]
 OverloadInFlightOpt = Annotated[int, typer.Option(help="Calls at the server while overloaded.")]
-OverloadQueueOpt = Annotated[int, typer.Option(help="Calls the proxy lets wait while overloaded.")]
+OverloadQueueOpt = Annotated[
+    int, typer.Option(help="Calls the proxy lets wait while overloaded (at least 1 while the mode is on).")
+]
 
 
 def _repo(repo: Path | None) -> Path:

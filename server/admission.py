@@ -51,11 +51,11 @@ class Limits:
     max_in_flight: int = 4
     max_queue: int = 32
     queue_timeout_ms: int = 100
-    # Sustained overload: when three quarters of a full queue have been waiting at every arrival for `overload_after_ms`, the
-    # proxy holds `overload_in_flight` calls at the server and lets `overload_queue` wait, refusing the rest,
-    # until most calls find no call waiting again (admission/overload.lua). A full queue at 3x the saturation
-    # rate made the admitted p99 7x its half-load value; one call at the server and two waiting, 0.7-2.4x.
-    # overload_after_ms 0: never switch.
+    # Sustained overload: when three quarters of a full queue have been waiting at every arrival for
+    # `overload_after_ms`, the proxy holds `overload_in_flight` calls at the server and lets `overload_queue`
+    # wait, refusing the rest, until a quarter of the calls find a server slot free again (admission/overload.lua).
+    # A full queue at 3x the saturation rate made the admitted p99 7x its half-load value; one call at the server
+    # and two waiting, 0.7-2.4x. overload_after_ms 0: never switch.
     overload_after_ms: int = 100
     overload_in_flight: int = 1
     overload_queue: int = 2
@@ -68,6 +68,13 @@ class Limits:
         for name in ("max_queue", "overload_after_ms", "overload_queue"):
             if getattr(self, name) < 0:
                 raise ValueError(f"admission {name} must be 0 or more, got {getattr(self, name)}")
+        if self.overload_after_ms and self.overload_queue < 1:
+            # with no waiting place every admitted call found a slot free, and that is the mode's exit signal
+            raise ValueError(
+                "admission overload_queue must be at least 1 while the overloaded mode is on (overload_after_ms "
+                "> 0): the mode leaves when calls find a server slot free, which every admitted call does when "
+                "none may wait"
+            )
 
 
 def haproxy_binary() -> Path:

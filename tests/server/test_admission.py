@@ -28,6 +28,9 @@ def test_limits_name_what_is_wrong():
         Limits(overload_in_flight=0)
     with pytest.raises(ValueError, match="overload_after_ms must be 0 or more"):
         Limits(overload_after_ms=-5)
+    with pytest.raises(ValueError, match="overload_queue must be at least 1 while the overloaded mode is on"):
+        Limits(overload_queue=0)
+    assert Limits(overload_after_ms=0, overload_queue=0).overload_queue == 0  # the mode off: no exit to read
 
 
 def test_a_missing_haproxy_says_how_to_install_it(monkeypatch):
