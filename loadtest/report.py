@@ -60,10 +60,14 @@ def plot_ramp(runs, model: str, p99_bound_ms: float, path: Path) -> Path:
 def _latency_and_save(fig, latency, x: list[float], rows: list[dict], xlabel: str, path: Path) -> Path:
     """The lower panel of the spike and soak plots (admitted p50 and p99 on a log axis), then the file."""
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     latency.plot(x, [r["ok_p50_ms"] for r in rows], "b-", label="admitted p50")
     latency.plot(x, [r["ok_p99_ms"] for r in rows], "m-", label="admitted p99")
     latency.set(xlabel=xlabel, ylabel="ms", yscale="log")
+    latency.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    latency.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 20, not 2 x 10^1
+    latency.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     latency.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -104,7 +108,9 @@ def plot_soak(run, path: Path) -> Path:
     fig, (load, latency) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     load.bar(t, [r["refused"] for r in rows], width=width, align="edge", color="r",
              label=f"refused calls per {width * 60:.0f} s")  # fmt: skip
-    load.set(ylabel="refused calls", title=f"soak: {run.tasks} at {run.offered_rps:.0f} req/s")
+    most = max([r["refused"] for r in rows], default=0)
+    load.set(ylabel="refused calls", title=f"soak: {run.tasks} at {run.offered_rps:.0f} req/s",
+             ylim=(0, max(most, 1) * 1.1))  # fmt: skip
     steal = load.twinx()
     steal.plot(mid, [r.get("steal_pct", math.nan) for r in rows], "k-", label="server CPU stolen (%)")
     steal.set(ylabel="stolen %", ylim=(0, max([10.0] + [r.get("steal_pct", 0) or 0 for r in rows]) * 1.1))
