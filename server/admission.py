@@ -55,7 +55,7 @@ class Limits:
     # `overload_after_ms`, the proxy holds `overload_in_flight` calls at the server and lets `overload_queue`
     # wait, refusing the rest, until a quarter of the calls find a server slot free again (admission/overload.lua).
     # A full queue at 3x the saturation rate made the admitted p99 7x its half-load value; one call at the server
-    # and two waiting, 1.5-2.4x on a quiet box (one waiting: no lower, a third fewer answered). overload_after_ms
+    # and two waiting, 1.5-2.4x on a quiet box (one waiting: a similar p99, a third fewer answered). overload_after_ms
     # 0: never switch.
     overload_after_ms: int = 100
     overload_in_flight: int = 1
