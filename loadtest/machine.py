@@ -1,6 +1,8 @@
 """What the machine did during a load run, from the kernel's per-CPU counters (/proc/stat): how busy the
 server's CPUs were, and how much of their time the hypervisor gave to other guests (steal). On a shared VM
-a server that slows with no change in its load shows as steal here, not in the server's own figures.
+a server that slows with no change in its load shows as steal here, not in the server's own figures. The
+load runner samples the load generator's CPUs too when it is pinned (load_busy_pct, load_steal_pct), so a
+report tells a slowed server from a generator or proxy that fell behind.
 
     with CpuSampler(cpus={1}) as sampler:       # samples every second in a thread
         ...                                     # the run

@@ -113,7 +113,10 @@ def plot_soak(run, path: Path) -> Path:
              ylim=(0, max(most, 1) * 1.1))  # fmt: skip
     steal = load.twinx()
     steal.plot(mid, [r.get("steal_pct", math.nan) for r in rows], "k-", label="server CPU stolen (%)")
-    steal.set(ylabel="stolen %", ylim=(0, max([10.0] + [r.get("steal_pct", 0) or 0 for r in rows]) * 1.1))
+    if any("load_steal_pct" in r for r in rows):
+        steal.plot(mid, [r.get("load_steal_pct", math.nan) for r in rows], "k:", label="load CPU stolen (%)")
+    most_stolen = [r.get(k) or 0 for r in rows for k in ("steal_pct", "load_steal_pct")]
+    steal.set(ylabel="stolen %", ylim=(0, max([10.0, *most_stolen]) * 1.1))
     load.legend(loc="upper left")
     steal.legend(loc="upper right")
     return _latency_and_save(fig, latency, mid, rows, "minutes", path)

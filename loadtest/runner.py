@@ -43,7 +43,8 @@ class Target:
     control_key: str | None = None  # for perf_analyzer, which reads the model config (a control call)
     load_cpus: set[int] | None = None  # pin the load generator to these CPUs (apart from the server's)
     # The server's CPUs on this machine (None: any): open-loop runs report how busy they were and how much time
-    # the hypervisor stole. Off for a server attached by URL (it may run elsewhere).
+    # the hypervisor stole, and the same for `load_cpus` when set (load_busy_pct, load_steal_pct: a generator
+    # or proxy that falls behind also delays calls). Off for a server attached by URL (it may run elsewhere).
     server_cpus: set[int] | None = None
     watch_machine: bool = False
 
@@ -347,7 +348,8 @@ def open_loop(
         "--timeout", str(CALL_TIMEOUT_S), "--arrivals", arrivals,
     ]  # fmt: skip
     sampler = machine.CpuSampler(target.server_cpus) if target.watch_machine else None
-    with sampler or contextlib.nullcontext():
+    load_sampler = machine.CpuSampler(target.load_cpus) if sampler and target.load_cpus else None
+    with sampler or contextlib.nullcontext(), load_sampler or contextlib.nullcontext():
         result = subprocess.run(
             command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
             timeout=seconds + STOP_TIMEOUT_S + 60,
@@ -375,7 +377,9 @@ def open_loop(
     def machine_between(t0: float, t1: float) -> dict:
         if sampler is None:
             return {}
-        return sampler.between(generator["started_at"] + t0, generator["started_at"] + t1)
+        t0, t1 = generator["started_at"] + t0, generator["started_at"] + t1
+        load = load_sampler.between(t0, t1) if load_sampler else {}
+        return sampler.between(t0, t1) | {f"load_{name}": value for name, value in load.items()}
 
     return run, log_calls, machine_between
 

@@ -95,7 +95,8 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     """`llmrec loadtest --scenario soak`, shortened: a Poisson stream for 2 s of warm-up and 6 s counted, every
     call answered, the drift of the admitted p99 over the counted run's windows."""
     workload = tiny_workload(tiny_repo["items"]).save(tmp_path / "workload.json")
-    with target(tiny_repo["repo"], None, None, True, tmp_path) as where:
+    load_cpu = min(os.sched_getaffinity(0))  # the generator pinned: its CPU's figures are reported too
+    with target(tiny_repo["repo"], None, None, True, tmp_path, cpus=(None, {load_cpu})) as where:
         run = runner.soak(where, workload, tmp_path, "similar", 15.0, duration_s=6.0, warm_s=2.0)
     assert run.calls["generator"]["arrivals"] == "poisson"
     total, phases = run.calls["total"], run.calls["phases"]
@@ -108,6 +109,7 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     assert (
         0 <= windows[0]["steal_pct"] <= 100 and 0 < phases["soak"]["busy_pct"] <= 100
     )  # the machine's figures
+    assert 0 < phases["soak"]["load_busy_pct"] <= 100 and 0 <= windows[0]["load_steal_pct"] <= 100
     assert len(run.calls["series"]) == 1 and report.plot_soak(run, tmp_path / "soak.png").stat().st_size > 0
 
 
