@@ -52,11 +52,11 @@ class Limits:
     max_queue: int = 32
     queue_timeout_ms: int = 100
     # Sustained overload: when three quarters of a full queue have been waiting at every arrival for
-    # `overload_after_ms`, the proxy holds `overload_in_flight` calls at the server and lets `overload_queue`
-    # wait, refusing the rest, until a quarter of the calls find a server slot free again (admission/overload.lua).
-    # A full queue at 3x the saturation rate made the admitted p99 7x its half-load value; one call at the server
-    # and two waiting, 1.5-2.4x on a quiet box (one waiting: a similar p99, a third fewer answered). overload_after_ms
-    # 0: never switch.
+    # `overload_after_ms`, the proxy holds `overload_in_flight` calls at the server and lets
+    # `overload_queue` wait, refusing the rest, until a quarter of the calls find a server slot free again
+    # (admission/overload.lua). A full queue at 3x the saturation rate made the admitted p99 7x its
+    # half-load value; one call at the server and two waiting, 1.5-2.4x on a quiet box (one waiting: a
+    # similar p99, a third fewer answered). overload_after_ms 0: never switch.
     overload_after_ms: int = 100
     overload_in_flight: int = 1
     overload_queue: int = 2
@@ -72,9 +72,9 @@ class Limits:
         if self.overload_after_ms and self.overload_queue < 1:
             # with no waiting place every admitted call found a slot free, and that is the mode's exit signal
             raise ValueError(
-                "admission overload_queue must be at least 1 while the overloaded mode is on (overload_after_ms "
-                "> 0): the mode leaves when calls find a server slot free, which every admitted call does when "
-                "none may wait"
+                "admission overload_queue must be at least 1 while the overloaded mode is on "
+                "(overload_after_ms > 0): the mode leaves when calls find a server slot free, which every "
+                "admitted call does when none may wait"
             )
 
 
