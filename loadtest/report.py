@@ -75,6 +75,24 @@ def _latency_and_save(fig, latency, x: list[float], rows: list[dict], xlabel: st
     return path
 
 
+MODE_COLOURS = {
+    "overloaded": "#f8d4d4"
+}  # the admission proxy's modes that refuse early (llmrec.loadtest.modes)
+
+
+def _shade_modes(axes: list, switches: list, end: float, scale: float = 1.0) -> None:
+    """The spans the admission proxy held fewer calls (run.calls["switches"]), shaded behind each panel, x in
+    seconds / `scale`; a legend entry per mode seen."""
+    mode, since, seen = switches[0][1] if switches else "queueing", 0.0, set()
+    for t, _, after in [*switches, (end, None, None)]:
+        if mode in MODE_COLOURS and t > since:
+            for ax in axes:
+                ax.axvspan(since / scale, t / scale, color=MODE_COLOURS[mode], zorder=0, lw=0,
+                           label=f"proxy {mode}" if ax is axes[0] and mode not in seen else None)  # fmt: skip
+            seen.add(mode)
+        mode, since = after, max(t, 0.0)
+
+
 def plot_spike(run, path: Path) -> Path:
     """Per second: offered, answered and refused calls, and the answered calls' p50/p99."""
     import matplotlib
@@ -89,6 +107,7 @@ def plot_spike(run, path: Path) -> Path:
     rates.plot(t, [r["ok_rps"] for r in rows], "b-", label="answered")
     rates.plot(t, [r["refused"] for r in rows], "r-", label="refused (UNAVAILABLE)")
     rates.set(ylabel="calls / s", title=f"spike: {run.tasks}")
+    _shade_modes([rates, latency], run.calls.get("switches", []), t[-1] + 1 if t else 0.0)
     rates.legend()
     return _latency_and_save(fig, latency, t, rows, "seconds", path)
 
@@ -117,6 +136,9 @@ def plot_soak(run, path: Path) -> Path:
         steal.plot(mid, [r.get("load_steal_pct", math.nan) for r in rows], "k:", label="load CPU stolen (%)")
     most_stolen = [r.get(k) or 0 for r in rows for k in ("steal_pct", "load_steal_pct")]
     steal.set(ylabel="stolen %", ylim=(0, max([10.0, *most_stolen]) * 1.1))
+    warm_s = run.calls.get("warm_s", 0.0)  # the series starts after the warm-up, the switches with the run
+    switches = [(s - warm_s, *rest) for s, *rest in run.calls.get("switches", [])]
+    _shade_modes([load, latency], switches, (t[-1] + width) * 60 if t else 0.0, scale=60)
     load.legend(loc="upper left")
     steal.legend(loc="upper right")
     return _latency_and_save(fig, latency, mid, rows, "minutes", path)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmrec.loadtest import calls, machine
+from llmrec.loadtest import calls, machine, modes
 from llmrec.server import metrics
 from llmrec.server.launcher import pinned_to
 
@@ -47,6 +47,9 @@ class Target:
     # or proxy that falls behind also delays calls). Off for a server attached by URL (it may run elsewhere).
     server_cpus: set[int] | None = None
     watch_machine: bool = False
+    # The admission proxy's log when the load goes through it: spike phases and soak windows then say how
+    # often it left queueing and how long it held fewer calls (llmrec.loadtest.modes).
+    admission_log: Path | None = None
 
 
 @dataclass
@@ -335,9 +338,10 @@ def open_loop(
     arrivals: str = "even",
 ) -> tuple[RunResult, list, Callable[[float, float], dict]]:  # fmt: skip
     """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
-    the run's totals and Triton's split over the same window, the per-call log, and `machine(t0, t1)`: how
-    busy the server's CPUs were and how much of their time was stolen (llmrec.loadtest.machine) between
-    two times of the log ({} for a server attached by URL)."""
+    the run's totals and Triton's split over the same window, the per-call log, and `around(t0, t1)`: how
+    busy the server's CPUs were and how much of their time was stolen (llmrec.loadtest.machine; {} for a
+    server attached by URL), and the admission proxy's modes (llmrec.loadtest.modes), between two times of
+    the log."""
     log = out_dir / f"{label}.calls.csv"
     seconds = sum(s for s, _ in phases)
     before = metrics.scrape(target.metrics_url)
@@ -374,14 +378,21 @@ def open_loop(
         "total": calls.phases(log_calls, {"all": (0.0, seconds)})["all"],
     }
 
-    def machine_between(t0: float, t1: float) -> dict:
-        if sampler is None:
-            return {}
-        t0, t1 = generator["started_at"] + t0, generator["started_at"] + t1
-        load = load_sampler.between(t0, t1) if load_sampler else {}
-        return sampler.between(t0, t1) | {f"load_{name}": value for name, value in load.items()}
+    switches = (
+        modes.read(target.admission_log, since=generator["started_at"]) if target.admission_log else None
+    )
+    if switches is not None:
+        run.calls["switches"] = [s for s in switches if 0 <= s[0] <= seconds]
 
-    return run, log_calls, machine_between
+    def around(t0: float, t1: float) -> dict:
+        figures = modes.between(switches, t0, t1) if switches is not None else {}
+        if sampler is None:
+            return figures
+        at0, at1 = generator["started_at"] + t0, generator["started_at"] + t1
+        load = load_sampler.between(at0, at1) if load_sampler else {}
+        return figures | sampler.between(at0, at1) | {f"load_{name}": value for name, value in load.items()}
+
+    return run, log_calls, around
 
 
 def spike(
@@ -393,16 +404,14 @@ def spike(
     are not counted (a cold start); its p99 is the reference for the peak's."""
     base, peak = saturation * base_share, saturation * 3
     phases = [(warm_s, base), (peak_s, peak), (tail_s, base)]
-    run, log_calls, machine_between = open_loop(
-        target, workload, out_dir, f"{model}-spike", model, phases, arrivals
-    )
+    run, log_calls, around = open_loop(target, workload, out_dir, f"{model}-spike", model, phases, arrivals)
     spans = {
         "base": (5.0, warm_s),
         "peak": (warm_s, warm_s + peak_s),
         "after": (warm_s + peak_s, warm_s + peak_s + tail_s),
     }
     run.calls |= {
-        "phases": _with_machine(calls.phases(log_calls, spans), spans, machine_between),
+        "phases": _with_context(calls.phases(log_calls, spans), spans, around),
         "offered_rps": {"base": base, "peak": peak},
         "per_second": calls.per_second(log_calls),
     }
@@ -420,28 +429,29 @@ def soak(
     the warm-up. The warm-up's figures are kept apart, as the spike's first 5 s are: a server, proxy and
     generator just started can stall for tens of ms (2026-12-03: 24 refusals in the first 0.2 s of a soak
     whose next 600 s refused none)."""
-    run, log_calls, machine_between = open_loop(
+    run, log_calls, around = open_loop(
         target, workload, out_dir, f"{model}-soak", model, [(warm_s + duration_s, rate)], arrivals
     )
     spans = {"warm-up": (0.0, warm_s), "soak": (warm_s, warm_s + duration_s)}
     steady = [(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s]
     drift = calls.drift(steady)  # 10 windows
     series = calls.drift(steady, windows=max(int(duration_s // 10), 1))["windows"]  # every 10 s, for the plot
-    for rows in (drift["windows"], series):  # a p99 that moves with the steal moved with the machine
+    for rows in (drift["windows"], series):  # a p99 that moves with the steal or the modes moved with them
         width = duration_s / max(len(rows), 1)
         for row in rows:
-            row |= machine_between(warm_s + row["from_s"], warm_s + row["from_s"] + width)
+            row |= around(warm_s + row["from_s"], warm_s + row["from_s"] + width)
     run.calls |= {
-        "phases": _with_machine(calls.phases(log_calls, spans), spans, machine_between),
+        "phases": _with_context(calls.phases(log_calls, spans), spans, around),
         "drift": drift,
         "series": series,
+        "warm_s": warm_s,
     }
     return run
 
 
-def _with_machine(figures: dict[str, dict], spans: dict, machine_between: Callable) -> dict[str, dict]:
-    """Each span's figures with the server CPUs' busy and stolen shares over the same span."""
-    return {name: row | machine_between(*spans[name]) for name, row in figures.items()}
+def _with_context(figures: dict[str, dict], spans: dict, around: Callable) -> dict[str, dict]:
+    """Each span's figures with the proxy's modes and the CPUs' busy and stolen shares over the same span."""
+    return {name: row | around(*spans[name]) for name, row in figures.items()}
 
 
 def _summary(run: RunResult, name: str) -> str:

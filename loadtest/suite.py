@@ -65,7 +65,13 @@ def target(
             )
             grpc_url = stack.enter_context(proxy).grpc_url
         yield runner.Target(
-            grpc_url, server.metrics_url, server.control_key, load_cpus, server_cpus, watch_machine=True
+            grpc_url,
+            server.metrics_url,
+            server.control_key,
+            load_cpus,
+            server_cpus,
+            watch_machine=True,
+            admission_log=out_dir / "admission.log" if admission else None,
         )
 
 

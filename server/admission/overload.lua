@@ -23,7 +23,8 @@
 -- Each decision reads HAProxy's own counters at the call's arrival (calls at the server, calls waiting): a
 -- few microseconds. One HAProxy thread (nbthread 1) runs it, so the state below needs no lock. Every switch is
 -- logged (a warning in the proxy's log, with the rate the server answered while the queue stood, and while
--- overloaded: the two say whether the mode cost throughput).
+-- overloaded: the two say whether the mode cost throughput); each line ends with "(mode FROM -> TO at
+-- SECONDS s)", the Unix time, which llmrec.loadtest.modes reads into the load reports.
 
 local function setting(name)
     local value = tonumber(os.getenv("LLMREC_ADMISSION_" .. name))
@@ -88,8 +89,9 @@ core.register_action("llmrec_admit", { "http-req" }, function(txn)
             if window_free >= EXIT_SHARE * window_calls then
                 core.Warning(string.format("llmrec admission: %d of %d calls in the last %.0f ms found a server "
                     .. "slot free (%d refused); after %.1f s overloaded (the server answered %.0f calls/s), "
-                    .. "queueing again", window_free, window_calls, now - window_start, window_refused,
-                    (now - overloaded_since) / 1000, (answered - answered_since) * 1000 / (now - overloaded_since)))
+                    .. "queueing again (mode overloaded -> queueing at %.3f s)", window_free, window_calls,
+                    now - window_start, window_refused, (now - overloaded_since) / 1000,
+                    (answered - answered_since) * 1000 / (now - overloaded_since), now / 1000))
                 set_mode(false, now)
             else
                 window_start, window_calls, window_free, window_refused = now, 0, 0, 0
@@ -101,9 +103,10 @@ core.register_action("llmrec_admit", { "http-req" }, function(txn)
         standing_since, answered_then = now, answered
     elseif OVERLOAD_AFTER_MS > 0 and now - standing_since >= OVERLOAD_AFTER_MS then
         core.Warning(string.format("llmrec admission: %d or more calls waited at every arrival for %.0f ms (the "
-            .. "server answered %.0f calls/s); overloaded: %d at the server, %d waiting, the rest refused",
-            STANDING, now - standing_since, (answered - answered_then) * 1000 / (now - standing_since),
-            OVERLOAD_IN_FLIGHT, OVERLOAD_QUEUE))
+            .. "server answered %.0f calls/s); overloaded: %d at the server, %d waiting, the rest refused "
+            .. "(mode queueing -> overloaded at %.3f s)", STANDING, now - standing_since,
+            (answered - answered_then) * 1000 / (now - standing_since), OVERLOAD_IN_FLIGHT, OVERLOAD_QUEUE,
+            now / 1000))
         set_mode(true, now)
     end
 end)

@@ -1,0 +1,48 @@
+"""The admission proxy's modes over a load run, from its log (server/admission/overload.lua).
+
+Every switch between its modes (queueing, overloaded) is a warning line that ends with "(mode FROM -> TO at
+SECONDS s)", SECONDS the Unix time. A spike phase or a soak window then says how often the proxy left
+queueing and how long it held fewer calls, next to what it refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+QUEUEING = "queueing"
+MODES = (
+    "overloaded",
+)  # the modes that refuse early (QUEUEING is the normal one); each gets a <mode>_s figure
+_SWITCH = re.compile(r"\(mode (\w+) -> (\w+) at (\d+(?:\.\d+)?) s\)")
+
+
+def read(log: Path, since: float = 0.0) -> list[tuple[float, str, str]]:
+    """(seconds after `since`, from, to) of each switch in the proxy's log, in order; [] without a log.
+    HAProxy writes each warning twice (its log line on stderr, and its own "[warning]" copy): read once."""
+    if not log.is_file():
+        return []
+    found = dict.fromkeys(_SWITCH.findall(log.read_text(errors="replace")))  # in order, each once
+    return [(float(at) - since, before, after) for before, after, at in found]
+
+
+def between(switches: list[tuple[float, str, str]], t0: float, t1: float) -> dict:
+    """Entries from queueing into another mode within [t0, t1), and the seconds spent in each of MODES over
+    that span (the mode at t0 is the one the last earlier switch left)."""
+    mode = QUEUEING
+    for t, _, after in switches:
+        if t >= t0:
+            break
+        mode = after
+    spent = dict.fromkeys(MODES, 0.0)
+    entries, since = 0, t0
+    for t, before, after in switches:
+        if not t0 <= t < t1:
+            continue
+        if mode in spent:
+            spent[mode] += t - since
+        entries += before == QUEUEING
+        mode, since = after, t
+    if mode in spent:
+        spent[mode] += t1 - since
+    return {"mode_entries": entries} | {f"{m}_s": round(s, 2) for m, s in spent.items()}
