@@ -75,9 +75,8 @@ def _latency_and_save(fig, latency, x: list[float], rows: list[dict], xlabel: st
     return path
 
 
-MODE_COLOURS = {
-    "overloaded": "#f8d4d4"
-}  # the admission proxy's modes that refuse early (llmrec.loadtest.modes)
+# the admission proxy's modes that refuse early (llmrec.loadtest.modes), shaded in the spike and soak plots
+MODE_COLOURS = {"overloaded": "#f8d4d4"}
 
 
 def _shade_modes(axes: list, switches: list, end: float, scale: float = 1.0) -> None:
