@@ -11,9 +11,8 @@ import re
 from pathlib import Path
 
 QUEUEING = "queueing"
-MODES = (
-    "overloaded",
-)  # the modes that refuse early (QUEUEING is the normal one); each gets a <mode>_s figure
+# the modes that refuse early (QUEUEING is the normal one); each gets a <mode>_s figure
+MODES = ("overloaded",)
 _SWITCH = re.compile(r"\(mode (\w+) -> (\w+) at (\d+(?:\.\d+)?) s\)")
 
 
