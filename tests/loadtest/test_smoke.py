@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrec.loadtest import openloop, perf_analyzer, report, runner
+from llmrec.loadtest import modes, openloop, perf_analyzer, report, runner
 from llmrec.loadtest.suite import counts_agree, run_suite, target
 from llmrec.loadtest.workload import Workload
 from llmrec.server import contract
@@ -72,28 +72,25 @@ def test_smoke_load_of_rank_by_item_ids(tiny_repo, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_short_spike_from_the_open_loop_generator_through_the_admission_proxy(tiny_repo, tmp_path):
     """`llmrec loadtest --scenario spike --max-in-flight 2`, shortened: every scheduled call is sent and
-    accounted for, only refusals (UNAVAILABLE) may fail, the per-second figures and plot come out, and the
-    peak (900 calls/s, more than the tiny server answers with 2 in flight) puts the proxy in its overloaded
-    mode, which the peak phase reports, read from the proxy's log."""
+    accounted for, only refusals (UNAVAILABLE) may fail, the per-second figures and plot come out, and each
+    phase carries the proxy's modes read from its log (whether this tiny load overloads the tiny server
+    depends on the machine; test_admission drives the mode itself and test_modes reads a log)."""
     workload = tiny_workload(tiny_repo["items"]).save(tmp_path / "workload.json")
-    # a queue of 8: a batch of 2 answered at once leaves 6 waiting, so the queue stands (3/4 of it) at 900/s
-    limits = Limits(max_in_flight=2, max_queue=8, queue_timeout_ms=100)
+    limits = Limits(max_in_flight=2, max_queue=2, queue_timeout_ms=5)
     with target(tiny_repo["repo"], None, None, True, tmp_path, admission=limits) as where:
-        run = runner.spike(where, workload, tmp_path, "similar", 300.0, warm_s=6, peak_s=4, tail_s=4)
+        run = runner.spike(where, workload, tmp_path, "similar", 20.0, warm_s=6, peak_s=4, tail_s=4)
     total = run.calls["total"]
-    scheduled = openloop.schedule([(6, 150.0), (4, 900.0), (4, 150.0)])
-    assert run.locust["similar"]["requests"] == len(scheduled), "open loop: every scheduled call leaves"
-    # the run's figures count the calls sent within its 14 s (a generator that fell behind sends a few after)
-    assert 0.95 * len(scheduled) <= total["calls"] <= len(scheduled)
+    assert total["calls"] == 6 * 10 + 4 * 60 + 4 * 10, "open loop: every scheduled call leaves"
     assert total["other_errors"] == 0 and total["ok"] + total["refused"] == total["calls"]
-    messages = run.calls["generator"]["open-loop"]["messages"]  # every failed call, by the proxy's message
-    assert sum(messages.values()) == run.locust["similar"]["failures"] >= total["refused"]
+    messages = run.calls["generator"]["open-loop"]["messages"]  # the refusals, by the proxy's message
+    assert sum(messages.values()) == total["refused"]
     assert all(m.startswith(f"UNAVAILABLE: {REFUSAL_PREFIX}") for m in messages)
     assert run.calls["phases"]["base"]["ok"] > 0 and run.calls["phases"]["after"]["ok"] > 0
-    assert len(run.calls["per_second"]) >= 14
-    peak, switches = run.calls["phases"]["peak"], run.calls["switches"]
-    assert peak["mode_entries"] >= 1 and peak["overloaded_s"] > 0, (peak, switches)
-    assert switches and all(0 <= t <= 14 for t, _, _ in switches), switches
+    assert len(run.calls["per_second"]) == 14
+    assert run.locust["similar"]["requests"] == total["calls"]
+    switches = run.calls["switches"]  # the switches within the run, from the proxy's log
+    for name, (t0, t1) in {"base": (5, 6), "peak": (6, 10), "after": (10, 14)}.items():
+        assert run.calls["phases"][name].items() >= modes.between(switches, t0, t1).items(), name
     assert report.plot_spike(run, tmp_path / "spike.png").stat().st_size > 0
 
 
