@@ -25,23 +25,27 @@ def read(log: Path, since: float = 0.0) -> list[tuple[float, str, str]]:
     return [(float(at) - since, before, after) for before, after, at in found]
 
 
+def spans(switches: list[tuple[float, str, str]], t0: float, t1: float) -> list[tuple[float, float, str]]:
+    """(start, end, mode) covering [t0, t1): the mode at t0 is the one the first later switch leaves (or the
+    last earlier one entered; queueing without any), so a list cut to a run's window needs nothing before it."""
+    later = [s for s in switches if s[0] >= t0]
+    earlier = [s for s in switches if s[0] < t0]
+    mode = later[0][1] if later else earlier[-1][2] if earlier else QUEUEING
+    found, since = [], t0
+    for t, _, after in later:
+        if t >= t1:
+            break
+        found.append((since, t, mode))
+        mode, since = after, t
+    return found + [(since, t1, mode)]
+
+
 def between(switches: list[tuple[float, str, str]], t0: float, t1: float) -> dict:
     """Entries from queueing into another mode within [t0, t1), and the seconds spent in each of MODES over
-    that span (the mode at t0 is the one the last earlier switch left)."""
-    mode = QUEUEING
-    for t, _, after in switches:
-        if t >= t0:
-            break
-        mode = after
+    that span."""
+    entries = sum(before == QUEUEING for t, before, _ in switches if t0 <= t < t1)
     spent = dict.fromkeys(MODES, 0.0)
-    entries, since = 0, t0
-    for t, before, after in switches:
-        if not t0 <= t < t1:
-            continue
+    for start, end, mode in spans(switches, t0, t1):
         if mode in spent:
-            spent[mode] += t - since
-        entries += before == QUEUEING
-        mode, since = after, t
-    if mode in spent:
-        spent[mode] += t1 - since
+            spent[mode] += end - start
     return {"mode_entries": entries} | {f"{m}_s": round(s, 2) for m, s in spent.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from llmrec.loadtest import modes
 from llmrec.runs import table
 
 COLUMNS = (
@@ -81,15 +82,14 @@ MODE_COLOURS = {"overloaded": "#f8d4d4"}
 
 def _shade_modes(axes: list, switches: list, end: float, scale: float = 1.0) -> None:
     """The spans the admission proxy held fewer calls (run.calls["switches"]), shaded behind each panel, x in
-    seconds / `scale`; a legend entry per mode seen."""
-    mode, since, seen = switches[0][1] if switches else "queueing", 0.0, set()
-    for t, _, after in [*switches, (end, None, None)]:
-        if mode in MODE_COLOURS and t > since:
+    seconds / `scale` from 0 to `end`; a legend entry per mode seen."""
+    seen = set()
+    for start, stop, mode in modes.spans(switches, 0.0, end):
+        if mode in MODE_COLOURS and stop > start:
             for ax in axes:
-                ax.axvspan(since / scale, t / scale, color=MODE_COLOURS[mode], zorder=0, lw=0,
+                ax.axvspan(start / scale, stop / scale, color=MODE_COLOURS[mode], zorder=0, lw=0,
                            label=f"proxy {mode}" if ax is axes[0] and mode not in seen else None)  # fmt: skip
             seen.add(mode)
-        mode, since = after, max(t, 0.0)
 
 
 def plot_spike(run, path: Path) -> Path:
