@@ -50,6 +50,9 @@ class Target:
     # The admission proxy's log when the load goes through it: spike phases and soak windows then say how
     # often it left queueing and how long it held fewer calls (llmrec.loadtest.modes).
     admission_log: Path | None = None
+    # The local server's process (tritonserver; its python stubs are its children): open-loop runs report the
+    # resident memory of the whole tree (rss_mib), and the soak its growth.
+    server_pid: int | None = None
 
 
 @dataclass
@@ -339,9 +342,9 @@ def open_loop(
 ) -> tuple[RunResult, list, Callable[[float, float], dict]]:  # fmt: skip
     """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
     the run's totals and Triton's split over the same window, the per-call log, and `around(t0, t1)`: how
-    busy the server's CPUs were and how much of their time was stolen (llmrec.loadtest.machine; {} for a
-    server attached by URL), and the admission proxy's modes (llmrec.loadtest.modes), between two times of
-    the log."""
+    busy the server's CPUs were, how much of their time was stolen, the server's own CPU time and its resident
+    memory (llmrec.loadtest.machine; {} for a server attached by URL), and the admission proxy's modes
+    (llmrec.loadtest.modes), between two times of the log."""
     log = out_dir / f"{label}.calls.csv"
     seconds = sum(s for s, _ in phases)
     before = metrics.scrape(target.metrics_url)
@@ -351,8 +354,8 @@ def open_loop(
         "--model", model, "--phases", ",".join(f"{s}:{r}" for s, r in phases), "--log", str(log),
         "--timeout", str(CALL_TIMEOUT_S), "--arrivals", arrivals,
     ]  # fmt: skip
-    sampler = machine.CpuSampler(target.server_cpus) if target.watch_machine else None
-    load_sampler = machine.CpuSampler(target.load_cpus) if sampler and target.load_cpus else None
+    sampler = machine.Sampler(target.server_cpus, pid=target.server_pid) if target.watch_machine else None
+    load_sampler = machine.Sampler(target.load_cpus) if sampler and target.load_cpus else None
     with sampler or contextlib.nullcontext(), load_sampler or contextlib.nullcontext():
         result = subprocess.run(
             command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
@@ -426,7 +429,8 @@ def soak(
 ) -> RunResult:  # fmt: skip
     """`rate` req/s for `warm_s` + `duration_s` from the open-loop generator, as a Poisson stream by default
     (many independent callers): errors, and the drift of the admitted calls' p99 over the `duration_s` after
-    the warm-up. The warm-up's figures are kept apart, as the spike's first 5 s are: a server, proxy and
+    the warm-up, beside the drift of the server's own CPU time per answered call (cost_drift) and its resident
+    memory at the start, end and peak of that run (`memory`). The warm-up's figures are kept apart, as the spike's first 5 s are: a server, proxy and
     generator just started can stall for tens of ms (2026-12-03: 24 refusals in the first 0.2 s of a soak
     whose next 600 s refused none)."""
     run, log_calls, around = open_loop(
@@ -434,24 +438,52 @@ def soak(
     )
     spans = {"warm-up": (0.0, warm_s), "soak": (warm_s, warm_s + duration_s)}
     steady = [(t - warm_s, *rest) for t, *rest in log_calls if t >= warm_s]
+
+    def in_context(row: dict, t0: float, t1: float) -> dict:  # times after the warm-up
+        return _in_context(row, warm_s + t0, warm_s + t1, around)
+
     drift = calls.drift(steady)  # 10 windows
     series = calls.drift(steady, windows=max(int(duration_s // 10), 1))["windows"]  # every 10 s, for the plot
-    for rows in (drift["windows"], series):  # a p99 that moves with the steal or the modes moved with them
+    for rows in (drift["windows"], series):
         width = duration_s / max(len(rows), 1)
         for row in rows:
-            row |= around(warm_s + row["from_s"], warm_s + row["from_s"] + width)
+            in_context(row, row["from_s"], row["from_s"] + width)
+    half_spans = {"first": (0.0, duration_s / 2), "second": (duration_s / 2, duration_s)}
+    halves = calls.phases(steady, half_spans)
+    costs = [in_context(halves[h], *half_spans[h]).get("cpu_ms_per_call") for h in half_spans]
+    if all(costs):
+        drift["cpu_ms_per_call"] = {"first_half": costs[0], "second_half": costs[1]}
+        drift["cost_drift"] = round(costs[1] / costs[0] - 1.0, 3)
     run.calls |= {
         "phases": _with_context(calls.phases(log_calls, spans), spans, around),
         "drift": drift,
         "series": series,
         "warm_s": warm_s,
     }
+    start, end = (around(warm_s + t, warm_s + t).get("rss_mib", math.nan) for t in (0.0, duration_s))
+    if not math.isnan(start) and not math.isnan(end):  # the server's memory over the counted run
+        run.calls["memory"] = {
+            "start_mib": start,
+            "end_mib": end,
+            "peak_mib": around(warm_s, warm_s + duration_s)["rss_mib"],
+            "growth": round(end / start - 1.0, 3),
+        }
     return run
 
 
 def _with_context(figures: dict[str, dict], spans: dict, around: Callable) -> dict[str, dict]:
-    """Each span's figures with the proxy's modes and the CPUs' busy and stolen shares over the same span."""
-    return {name: row | around(*spans[name]) for name, row in figures.items()}
+    """Each span's figures in context (`_in_context`)."""
+    return {name: _in_context(row, *spans[name], around) for name, row in figures.items()}
+
+
+def _in_context(row: dict, t0: float, t1: float, around: Callable) -> dict:
+    """A span's figures with the proxy's modes and the machine's over the same span, and the server's own CPU
+    time per answered call (cpu_ms_per_call, when the server is local): a p99 that moved with the steal, the
+    modes or the server's cost per call moved with them, not with a queue."""
+    row |= around(t0, t1)
+    if row.get("ok") and not math.isnan(row.get("server_cpu_pct", math.nan)):
+        row["cpu_ms_per_call"] = round(row["server_cpu_pct"] / 100 * (t1 - t0) * 1e3 / row["ok"], 3)
+    return row
 
 
 def _summary(run: RunResult, name: str) -> str:

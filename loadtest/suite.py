@@ -72,7 +72,28 @@ def target(
             server_cpus,
             watch_machine=True,
             admission_log=out_dir / "admission.log" if admission else None,
+            server_pid=server.process.pid,
         )
+
+
+def soak_summary(figures: dict) -> str:
+    """The soak's drifts in one line: the admitted p99's, the server's CPU time per answered call (its cost:
+    a p99 that drifts with it followed the machine or the work, not a queue) and its resident memory."""
+    drift = figures["drift"]
+    parts = [f"drift of the admitted p99 {drift['drift']:+.1%}"]
+    if "cost_drift" in drift:
+        cost = drift["cpu_ms_per_call"]
+        parts.append(
+            f"of the server's CPU per answered call {drift['cost_drift']:+.1%} "
+            f"({cost['first_half']:.2f} -> {cost['second_half']:.2f} ms)"
+        )
+    if "memory" in figures:
+        memory = figures["memory"]
+        parts.append(
+            f"server memory {memory['start_mib']:.0f} -> {memory['end_mib']:.0f} MiB ({memory['growth']:+.1%}, "
+            f"peak {memory['peak_mib']:.0f})"
+        )
+    return "; ".join(parts)
 
 
 def counts_agree(run: runner.RunResult) -> list[str]:
@@ -205,7 +226,7 @@ def run_suite(
                     ],
                 )
                 report.show(
-                    f"soak: {model}, drift of the admitted p99 {run.calls['drift']['drift']:+.1%}",
+                    f"soak: {model}, {soak_summary(run.calls)}",
                     [{k: v for k, v in w.items() if k != "statuses"} for w in run.calls["drift"]["windows"]],
                 )
                 _show_failures(run)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from llmrec.loadtest import modes, openloop, perf_analyzer, report, runner
-from llmrec.loadtest.suite import counts_agree, run_suite, target
+from llmrec.loadtest.suite import counts_agree, run_suite, soak_summary, target
 from llmrec.loadtest.workload import Workload
 from llmrec.server import contract
 from llmrec.server.admission import REFUSAL_PREFIX, Limits
@@ -116,6 +116,12 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     )  # the machine's figures
     assert 0 < phases["soak"]["load_busy_pct"] <= 100 and 0 <= windows[0]["load_steal_pct"] <= 100
     assert len(run.calls["series"]) == 1 and report.plot_soak(run, tmp_path / "soak.png").stat().st_size > 0
+    memory = run.calls["memory"]  # tritonserver and its python stubs
+    assert 100 < memory["start_mib"] <= memory["peak_mib"] and memory["end_mib"] <= memory["peak_mib"]
+    assert windows[-1]["rss_mib"] > 100 and "server memory" in soak_summary(run.calls)
+    cost = run.calls["drift"]["cpu_ms_per_call"]  # the server's own CPU time per answered call
+    assert 0 < cost["first_half"] < 200 and 0 < cost["second_half"] < 200
+    assert "CPU per answered call" in soak_summary(run.calls)
 
 
 def test_open_loop_requests_for_every_model():

@@ -23,7 +23,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from llmrec.loadtest import fuzz
+from llmrec.loadtest import fuzz, machine
 from llmrec.server import contract, ensembles, item_index, metrics, runtime, versions
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER, MODELS
@@ -260,19 +260,14 @@ def test_an_oversized_text_is_refused_at_the_gate_and_never_reaches_the_core(ser
     assert seen == {"embed_gate": 1, "embed_core": 0}
 
 
-def _group_rss(pid: int) -> int:
-    process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-
-
 def test_a_seeded_fuzz_run_crashes_nothing_and_fails_no_valid_request(repo, tmp_path):
     ids, texts = catalogue(repo)
     with TritonServer(repo, log_path=tmp_path / "fuzz.log") as server:
         warm = fuzz.run(server.grpc_url, ids, texts, dim=16, n=1_000, threads=8, seed=1)
         assert warm.ok, warm.broken[:5]
-        before, counters = _group_rss(server.process.pid), metrics.scrape(server.metrics_url)
+        before, counters = machine.tree_usage(server.process.pid)[0], metrics.scrape(server.metrics_url)
         summary = fuzz.run(server.grpc_url, ids, texts, dim=16, n=10_000, threads=8, seed=2)
-        after = _group_rss(server.process.pid)
+        after = machine.tree_usage(server.process.pid)[0]
         assert server.process.poll() is None, "the server died"
         delta = {k: v - counters.get(k, 0.0) for k, v in metrics.scrape(server.metrics_url).items()}
     # what gathers BYTES inputs from callers never puts two requests in one execution: a gate, or a core
