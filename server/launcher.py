@@ -19,8 +19,8 @@ Safe by default:
 - Models load in explicit mode, by the launcher, one by one: each model serves the newest version that
   is intact (llmrec.server.versions) and loads; newer versions it skipped are in `skipped`, with why.
 - `stop()` gives in-flight requests `exit_timeout` seconds, then kills what is left of the process
-  group, and removes the python backend's shared-memory regions (/dev/shm/<prefix>*) and the temporary
-  folder the server was given; a Ctrl-C or SIGTERM while starting stops what was started.
+  group, and removes the python backend's shared-memory regions (/dev/shm/<prefix>*), the temporary
+  folder the server was given and the backend's /tmp/python_env_* folder that a killed server leaves; a Ctrl-C or SIGTERM while starting stops what was started.
 """
 
 from __future__ import annotations
@@ -119,6 +119,10 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 # Triton's APIs that change or reveal the deployment: a call needs the control key.
 RESTRICTED = ("model-repository", "model-config", "shared-memory", "trace", "logging")
 SHM_DIR = Path("/dev/shm")
+# The python backend makes a folder here when it starts (mkdtemp of "/tmp/python_env_XXXXXX": the path is
+# compiled into libtriton_python.so, TMPDIR is not read) and removes it only when it finalizes, so a server
+# that was killed leaves it behind.
+PYTHON_ENV_DIR, PYTHON_ENV_PREFIX = Path("/tmp"), "python_env_"
 
 
 class ServerError(RuntimeError):
@@ -186,6 +190,8 @@ class TritonServer:
         self.shm_prefix = f"llmrec_{os.getpid()}_{self.grpc_port}_"
         self.tmp_dir = self.log_path.parent / f"tmp-{self.grpc_port}"
         self.process: subprocess.Popen | None = None
+        self.started_at: float | None = None  # the span in which this server's python backend started
+        self.loaded_at: float | None = None
         self.serving = False  # every model loaded: only then are there callers' requests worth draining
         self.served: dict[str, int] = {}  # model -> the version it serves
         self.skipped: dict[str, list[tuple[int, str]]] = {}  # model -> [(newer version, why not)]
@@ -256,6 +262,7 @@ class TritonServer:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
             with self.log_path.open("wb") as log:
+                self.started_at = time.time()
                 self.process = subprocess.Popen(
                     self.command(),
                     stdout=log,
@@ -266,6 +273,7 @@ class TritonServer:
                 )
             self.wait_ready()
             self.load_models()
+            self.loaded_at = time.time()
             self.serving = True
         except BaseException:
             self.stop()
@@ -391,7 +399,7 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGTERM, up to exit_timeout + 3 s for in-flight requests, then SIGKILL to the whole group; then
-        the shared-memory regions and temporary folder of this server are removed. Safe to call twice.
+        the shared-memory regions and temporary folders of this server are removed. Safe to call twice.
         A server stopped while it was still starting gets 1 s: it has no callers' requests to drain, and
         tritonserver would otherwise wait out its exit timeout for the launcher's own load call and then
         for the model being loaded (8 s in all, seen on a 2-core machine)."""
@@ -406,6 +414,7 @@ class TritonServer:
                     self.process.wait()
             self._kill_group()  # python stubs that outlived the server
             _wait_group_gone(self.process.pid)
+            remove_python_envs(self.started_at, self.loaded_at or time.time())
         for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
             with contextlib.suppress(FileNotFoundError):
                 region.unlink()
@@ -427,3 +436,16 @@ def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
+
+
+def remove_python_envs(t0: float, t1: float) -> list[Path]:
+    """Remove the empty /tmp/python_env_* folders made between `t0` and `t1` (a server's start, while its python
+    backend started): a killed server leaves its own (PYTHON_ENV_DIR). Only empty ones go, so a folder that
+    another server's backend uses (it unpacks EXECUTION_ENV_PATH archives into it) is never touched."""
+    removed = []
+    for folder in PYTHON_ENV_DIR.glob(f"{PYTHON_ENV_PREFIX}*"):
+        with contextlib.suppress(OSError):  # gone already, not empty, or not ours to remove
+            if t0 <= folder.stat().st_mtime <= t1 + 1.0:
+                folder.rmdir()
+                removed.append(folder)
+    return removed

@@ -27,7 +27,7 @@ from llmrec.loadtest import fuzz, machine
 from llmrec.server import contract, ensembles, item_index, metrics, runtime, versions
 from llmrec.server.client import RankingClient, ServingError
 from llmrec.server.contract import CONTROL_HEADER, GRPC_CONTROL_HEADER, MODELS
-from llmrec.server.launcher import TritonServer, free_ports
+from llmrec.server.launcher import PYTHON_ENV_DIR, PYTHON_ENV_PREFIX, TritonServer, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -369,16 +369,23 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
-def assert_clean(process: subprocess.Popen, children: list[psutil.Process], artifacts: Path, grpc_port: int):
+def assert_clean(
+    process: subprocess.Popen, children: list[psutil.Process], artifacts: Path, grpc_port: int, since: float
+):
+    """Nothing of a server started after `since` is left: processes, shared memory, temporary folders (the
+    python backend's /tmp/python_env_* among them, which it removes only when it finalizes)."""
     wait_for(lambda: gone(children), 5, "the server's processes to go")
     for pid in triton_pids(children):  # its python stubs share its process group
         wait_for(lambda pid=pid: group_gone(pid), 5, "tritonserver's process group to go")
     assert not list(Path("/dev/shm").glob(f"llmrec_{process.pid}_*")), "shared memory left behind"
     assert not (artifacts / "server" / f"tmp-{grpc_port}").exists(), "temporary folder left behind"
+    envs = [p for p in PYTHON_ENV_DIR.glob(f"{PYTHON_ENV_PREFIX}*") if p.stat().st_mtime >= since]
+    assert not envs, f"the python backend's folders left behind: {envs}"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, sig):
+    since = time.time()
     process, (_, grpc_port, _) = serve(repo, tmp_path)
     try:
         children = wait_serving(process)
@@ -391,7 +398,7 @@ def test_serve_stops_within_seconds_and_leaves_nothing_behind(repo, tmp_path, si
         process.send_signal(sig)
         assert process.wait(timeout=10) == 0
         assert time.monotonic() - started < 10
-        assert_clean(process, children, tmp_path, grpc_port)
+        assert_clean(process, children, tmp_path, grpc_port, since)
     finally:
         kill_tree(process)
 
@@ -458,18 +465,20 @@ def test_serve_with_tls_behind_the_admission_proxy_refuses_plain_text_and_serves
 
 
 def test_serve_exits_non_zero_when_tritonserver_dies_and_cleans_up(repo, tmp_path):
+    since = time.time()
     process, (_, grpc_port, _) = serve(repo, tmp_path)
     try:
         children = wait_serving(process)
         os.kill(triton_pids(children)[0], signal.SIGKILL)
         assert process.wait(timeout=15) == 1
         assert "exited on its own with status -9" in process.stdout.read()
-        assert_clean(process, children, tmp_path, grpc_port)
+        assert_clean(process, children, tmp_path, grpc_port, since)
     finally:
         kill_tree(process)
 
 
 def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
+    since = time.time()
     process, (_, grpc_port, _) = serve(repo, tmp_path)
     try:
         seen: list[psutil.Process] = []
@@ -483,6 +492,6 @@ def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
         assert "serving" not in process.stdout.read()
-        assert_clean(process, seen, tmp_path, grpc_port)
+        assert_clean(process, seen, tmp_path, grpc_port, since)
     finally:
         kill_tree(process)
