@@ -20,7 +20,8 @@ Safe by default:
   is intact (llmrec.server.versions) and loads; newer versions it skipped are in `skipped`, with why.
 - `stop()` gives in-flight requests `exit_timeout` seconds, then kills what is left of the process
   group, and removes the python backend's shared-memory regions (/dev/shm/<prefix>*), the temporary
-  folder the server was given and the backend's /tmp/python_env_* folder that a killed server leaves; a Ctrl-C or SIGTERM while starting stops what was started.
+  folder the server was given and the backend's /tmp/python_env_* folder that a killed server leaves; a
+  Ctrl-C or SIGTERM while starting stops what was started.
 """
 
 from __future__ import annotations
