@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from llmrec.loadtest import modes
@@ -112,8 +113,10 @@ def plot_spike(run, path: Path) -> Path:
 
 
 def plot_soak(run, path: Path) -> Path:
-    """Every 10 s of a soak: refused calls and the share of the server CPU stolen by the hypervisor, and the
-    admitted calls' p50/p99: whether a p99 that moves, moves with the machine."""
+    """Every 10 s of a soak: refused calls and the share of the server CPU stolen by the hypervisor; the
+    server's CPU time per answered call and the machine's time for a fixed piece of work, each relative to its
+    median over the soak; and the admitted calls' p50/p99: whether a p99 that moves, moves with the server's
+    cost, and that cost with the machine."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +126,7 @@ def plot_soak(run, path: Path) -> Path:
     t = [r["from_s"] / 60 for r in rows]
     width = t[1] - t[0] if len(t) > 1 else 1 / 6
     mid = [x + width / 2 for x in t]  # the lines at the middle of their window, the bars across it
-    fig, (load, latency) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (load, cost, latency) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     load.bar(t, [r["refused"] for r in rows], width=width, align="edge", color="r",
              label=f"refused calls per {width * 60:.0f} s")  # fmt: skip
     most = max([r["refused"] for r in rows], default=0)
@@ -137,9 +140,19 @@ def plot_soak(run, path: Path) -> Path:
     steal.set(ylabel="stolen %", ylim=(0, max([10.0, *most_stolen]) * 1.1))
     warm_s = run.calls.get("warm_s", 0.0)  # the series starts after the warm-up, the switches with the run
     switches = [(s - warm_s, *rest) for s, *rest in run.calls.get("switches", [])]
-    _shade_modes([load, latency], switches, (t[-1] + width) * 60 if t else 0.0, scale=60)
+    _shade_modes([load, cost, latency], switches, (t[-1] + width) * 60 if t else 0.0, scale=60)
     load.legend(loc="upper left")
     steal.legend(loc="upper right")
+    for figure, style, label in (
+        ("cpu_ms_per_call", "g-", "server CPU per answered call"),
+        ("machine_ms", "k--", "machine: a fixed piece of work"),
+    ):
+        values = [r.get(figure, math.nan) for r in rows]
+        typical = statistics.median([v for v in values if not math.isnan(v)] or [math.nan])
+        cost.plot(mid, [v / typical for v in values], style, label=label)
+    cost.axhline(1.0, color="0.6", lw=0.5)
+    cost.set(ylabel="CPU time / its median")
+    cost.legend(loc="upper left")
     return _latency_and_save(fig, latency, mid, rows, "minutes", path)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmrec.loadtest import calls, machine, modes
+from llmrec.loadtest import calls, machine, modes, speed
 from llmrec.server import metrics
 from llmrec.server.launcher import pinned_to
 
@@ -343,7 +343,8 @@ def open_loop(
     """One run of the open-loop generator (llmrec.loadtest.openloop) through `phases` of (seconds, req/s):
     the run's totals and Triton's split over the same window, the per-call log, and `around(t0, t1)`: how
     busy the server's CPUs were, how much of their time was stolen, the server's own CPU time and its resident
-    memory (llmrec.loadtest.machine; {} for a server attached by URL), and the admission proxy's modes
+    memory (llmrec.loadtest.machine), the CPU time of a fixed piece of work on the server's CPUs (the machine's
+    speed, llmrec.loadtest.speed; neither for a server attached by URL), and the admission proxy's modes
     (llmrec.loadtest.modes), between two times of the log."""
     log = out_dir / f"{label}.calls.csv"
     seconds = sum(s for s, _ in phases)
@@ -356,7 +357,12 @@ def open_loop(
     ]  # fmt: skip
     sampler = machine.Sampler(target.server_cpus, pid=target.server_pid) if target.watch_machine else None
     load_sampler = machine.Sampler(target.load_cpus) if sampler and target.load_cpus else None
-    with sampler or contextlib.nullcontext(), load_sampler or contextlib.nullcontext():
+    probe = speed.Probe(target.server_cpus) if sampler else None
+    with (
+        sampler or contextlib.nullcontext(),
+        load_sampler or contextlib.nullcontext(),
+        probe or contextlib.nullcontext(),
+    ):
         result = subprocess.run(
             command, capture_output=True, text=True, preexec_fn=pinned_to(target.load_cpus),
             timeout=seconds + STOP_TIMEOUT_S + 60,
@@ -393,7 +399,12 @@ def open_loop(
             return figures
         at0, at1 = generator["started_at"] + t0, generator["started_at"] + t1
         load = load_sampler.between(at0, at1) if load_sampler else {}
-        return figures | sampler.between(at0, at1) | {f"load_{name}": value for name, value in load.items()}
+        return (
+            figures
+            | sampler.between(at0, at1)
+            | probe.between(at0, at1)
+            | {f"load_{name}": value for name, value in load.items()}
+        )
 
     return run, log_calls, around
 
@@ -429,10 +440,11 @@ def soak(
 ) -> RunResult:  # fmt: skip
     """`rate` req/s for `warm_s` + `duration_s` from the open-loop generator, as a Poisson stream by default
     (many independent callers): errors, and the drift of the admitted calls' p99 over the `duration_s` after
-    the warm-up, beside the drift of the server's own CPU time per answered call (cost_drift) and its resident
-    memory at the start, end and peak of that run (`memory`). The warm-up's figures are kept apart, as the spike's first 5 s are: a server, proxy and
-    generator just started can stall for tens of ms (2026-12-03: 24 refusals in the first 0.2 s of a soak
-    whose next 600 s refused none)."""
+    the warm-up, beside the drift of the server's own CPU time per answered call (cost_drift), of the machine's
+    speed (machine_drift: the CPU time of a fixed piece of work, llmrec.loadtest.speed) and the server's
+    resident memory at the start, end and peak of that run (`memory`). The warm-up's figures are kept apart, as
+    the spike's first 5 s are: a server, proxy and generator just started can stall for tens of ms
+    (2026-12-03: 24 refusals in the first 0.2 s of a soak whose next 600 s refused none)."""
     run, log_calls, around = open_loop(
         target, workload, out_dir, f"{model}-soak", model, [(warm_s + duration_s, rate)], arrivals
     )
@@ -449,11 +461,12 @@ def soak(
         for row in rows:
             in_context(row, row["from_s"], row["from_s"] + width)
     half_spans = {"first": (0.0, duration_s / 2), "second": (duration_s / 2, duration_s)}
-    halves = calls.phases(steady, half_spans)
-    costs = [in_context(halves[h], *half_spans[h]).get("cpu_ms_per_call") for h in half_spans]
-    if all(costs):
-        drift["cpu_ms_per_call"] = {"first_half": costs[0], "second_half": costs[1]}
-        drift["cost_drift"] = round(costs[1] / costs[0] - 1.0, 3)
+    halves = {h: in_context(row, *half_spans[h]) for h, row in calls.phases(steady, half_spans).items()}
+    for figure, name in (("cpu_ms_per_call", "cost_drift"), ("machine_ms", "machine_drift")):
+        first, second = (halves[h].get(figure, math.nan) for h in half_spans)
+        if first > 0 and second > 0:  # False for NaN
+            drift[figure] = {"first_half": first, "second_half": second}
+            drift[name] = round(second / first - 1.0, 3)
     run.calls |= {
         "phases": _with_context(calls.phases(log_calls, spans), spans, around),
         "drift": drift,

@@ -78,7 +78,8 @@ def target(
 
 def soak_summary(figures: dict) -> str:
     """The soak's drifts in one line: the admitted p99's, the server's CPU time per answered call (its cost:
-    a p99 that drifts with it followed the machine or the work, not a queue) and its resident memory."""
+    a p99 that drifts with it followed the machine or the work, not a queue), the machine's CPU time for a fixed
+    piece of work (its speed: a cost that drifts with it followed the machine) and the server's resident memory."""
     drift = figures["drift"]
     parts = [f"drift of the admitted p99 {drift['drift']:+.1%}"]
     if "cost_drift" in drift:
@@ -86,6 +87,12 @@ def soak_summary(figures: dict) -> str:
         parts.append(
             f"of the server's CPU per answered call {drift['cost_drift']:+.1%} "
             f"({cost['first_half']:.2f} -> {cost['second_half']:.2f} ms)"
+        )
+    if "machine_drift" in drift:
+        work = drift["machine_ms"]
+        parts.append(
+            f"of the machine's fixed work {drift['machine_drift']:+.1%} "
+            f"({work['first_half']:.2f} -> {work['second_half']:.2f} ms)"
         )
     if "memory" in figures:
         memory = figures["memory"]

@@ -122,6 +122,9 @@ def test_a_short_soak_from_the_open_loop_generator(tiny_repo, tmp_path):
     cost = run.calls["drift"]["cpu_ms_per_call"]  # the server's own CPU time per answered call
     assert 0 < cost["first_half"] < 200 and 0 < cost["second_half"] < 200
     assert "CPU per answered call" in soak_summary(run.calls)
+    work = run.calls["drift"]["machine_ms"]  # the machine's CPU time for a fixed piece of work
+    assert 0 < work["first_half"] < 100 and 0 < work["second_half"] < 100
+    assert "machine's fixed work" in soak_summary(run.calls) and windows[0]["machine_ms"] > 0
 
 
 def test_open_loop_requests_for_every_model():
