@@ -88,8 +88,7 @@ def rank_version(repo: Path, source: Path, n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     norms = rng.choice(np.linalg.norm(real, axis=1), n).astype(np.float32)
     vectors = grow_catalogue(real, n, topic_spread=1.0, item_spread=0.8, seed=seed) * norms[:, None]
-    warmup = {"history": repository.WARMUP_ITEMS, "candidates": repository.WARMUP_ITEMS[::-1]}
-    folder = repository.version_folder(repo, "rank", 1, warmup)
+    folder = repository.version_folder(repo, "rank", 1)  # warm-up texts: ensembles.warmup_inputs
     skip = {runtime.RANK_ITEMS, runtime.RANK_ITEM_IDS, runtime.RANK_CATALOGUE, versions.MANIFEST, "model.py"}
     for path in source.iterdir():
         if path.name not in skip:

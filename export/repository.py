@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,17 +33,6 @@ from llmrec.export.graphs import NoteEncoderGraph, TextEncoderGraph, to_onnx
 from llmrec.paths import artifacts_dir
 from llmrec.server import ensembles, item_index, runtime, tokenizer, versions
 from llmrec.server.contract import MODELS
-
-WARMUP_ITEMS = ["Toy Story (1995)", "GoldenEye (1995)"]  # the texts of the warm-up requests
-
-
-def _serialized_strings(values: list[str]) -> bytes:
-    """Triton's raw BYTES layout (what warm-up input files hold): 4-byte little-endian length + bytes."""
-    out = b""
-    for value in values:
-        raw = value.encode()
-        out += struct.pack("<I", len(raw)) + raw
-    return out
 
 
 def version_folder(repo: Path, model: str, version: int) -> Path:
@@ -65,10 +53,9 @@ def version_folder(repo: Path, model: str, version: int) -> Path:
         (repo / model / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / model / path).write_text(ensembles.core_config(spec, target))
     shutil.copy2(source, tmp / "model.py")
-    for name, rows in spec.warmup:
+    for tensor, _, values in ensembles.warmup_inputs(spec):
         (repo / model / "warmup").mkdir(exist_ok=True)
-        values = [WARMUP_ITEMS[i % len(WARMUP_ITEMS)] for i in range(rows)]
-        (repo / model / "warmup" / ensembles.warmup_file(name)).write_bytes(_serialized_strings(values))
+        (repo / model / "warmup" / ensembles.warmup_file(tensor.name)).write_bytes(values)
     return tmp
 
 

@@ -37,8 +37,18 @@ TEXT, ITEM_ID, VECTOR, K = "TEXT", "ITEM_ID", "VECTOR", "K"
 HISTORY, HISTORY_IDS, CANDIDATES, CANDIDATE_IDS = "HISTORY", "HISTORY_IDS", "CANDIDATES", "CANDIDATE_IDS"
 ITEM_IDS, SCORES = "ITEM_IDS", "SCORES"
 # A tensor's data type: Triton's wire name -> its name in config.pbtxt, and the numpy type that carries it.
-CONFIG_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32"}
-NUMPY_TYPES = {"BYTES": np.object_, "FP32": np.float32, "INT32": np.int32}
+CONFIG_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "UINT8": "TYPE_UINT8"}
+NUMPY_TYPES = {"BYTES": np.object_, "FP32": np.float32, "INT32": np.int32, "UINT8": np.uint8}
+
+
+def packed(name: str) -> tuple[str, str]:
+    """The two tensors that carry text input `name` into a core that merges requests (`Model.core_inputs`):
+    its elements' UTF-8 bytes, one row each, zero-padded to the longest ([b, L] UINT8), and their lengths
+    ([b, 1] INT32)."""
+    return f"{name}_UTF8", f"{name}_LENGTH"
+
+
+TEXT_UTF8, TEXT_LENGTH = packed(TEXT)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Tensor:
     dtype: str  # Triton's wire name: BYTES, FP32, INT32 (CONFIG_TYPES)
     dims: tuple[int, ...]  # without the batch dimension; -1 is variable
     optional: bool = False
+    ragged: bool = False  # requests whose shapes differ may share a dynamic batch (allow_ragged_batch)
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,36 @@ class Model:
     # The warm-up request Triton sends each instance at load: (BYTES input, number of catalogue texts).
     warmup: tuple[tuple[str, int], ...] = ()
 
+    @property
+    def core_inputs(self) -> tuple[Tensor, ...]:
+        """What the model's core takes: its inputs, but a core that merges requests takes each text input
+        `packed` (UTF-8 bytes and lengths) instead of as BYTES. This Triton build's python backend checks the
+        framing of BYTES inputs for a whole gathered batch at once, and one request whose element claims more
+        bytes than it carries fails every request in the batch (seen: a client calling `embed_core` by name
+        with such a request failed 3,301 of 3,689 valid `embed` calls beside it). UINT8 and INT32 tensors
+        have no framing: Triton checks their size per request, and the core checks the lengths per request
+        (`unpack_texts`). The gate packs (llmrec.server.gate), as does `similar` for its text queries."""
+        if not self.merges_requests:
+            return self.inputs
+        out: list[Tensor] = []
+        for t in self.inputs:
+            if t.dtype != "BYTES":
+                out.append(t)
+                continue
+            if t.dims != (1,):
+                raise ValueError(f"{self.name}: a core that merges requests takes one text per row, not {t}")
+            utf8, length = packed(t.name)
+            out += [
+                Tensor(utf8, "UINT8", (-1,), t.optional, ragged=True),
+                Tensor(length, "INT32", (1,), t.optional),
+            ]
+        return tuple(out)
+
     def input(self, name: str) -> Tensor:
         return _named(self.inputs, name, f"{self.name} input")
+
+    def core_input(self, name: str) -> Tensor:
+        return _named(self.core_inputs, name, f"{self.name} core input")
 
     def output(self, name: str) -> Tensor:
         return _named(self.outputs, name, f"{self.name} output")
@@ -140,6 +179,37 @@ def decode_text(raw: bytes | str, what: str) -> str:
     if not text.strip():
         raise BadRequest(f"{what} is empty")
     return text
+
+
+def pack_texts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BYTES elements (bytes or str, any shape: one text each) -> their UTF-8 bytes [b, L] uint8, zero-padded
+    to the longest (L >= 1), and their lengths [b, 1] int32 (`packed`)."""
+    raw = [
+        v.encode() if isinstance(v, str) else bytes(v)
+        for v in np.asarray(values, dtype=np.object_).reshape(-1)
+    ]
+    utf8 = np.zeros((len(raw), max([1, *map(len, raw)])), np.uint8)
+    for row, value in zip(utf8, raw, strict=True):
+        row[: len(value)] = np.frombuffer(value, np.uint8)
+    return utf8, np.array([len(v) for v in raw], np.int32).reshape(-1, 1)
+
+
+def unpack_texts(utf8: np.ndarray, lengths: np.ndarray, name: str) -> list[bytes]:
+    """The texts that `pack_texts` packed, checked: BadRequest naming the tensor whose shape or length does
+    not fit (what a client calling a core by name could send)."""
+    utf8_name, length_name = packed(name)
+    if utf8.ndim != 2 or lengths.shape != (utf8.shape[0], 1):
+        raise BadRequest(
+            f"{utf8_name} must be [b, L] and {length_name} [b, 1], "
+            f"got {list(utf8.shape)} and {list(lengths.shape)}"
+        )
+    bad = np.flatnonzero((lengths[:, 0] < 0) | (lengths[:, 0] > utf8.shape[1]))
+    if bad.size:
+        row = int(bad[0])
+        raise BadRequest(
+            f"{length_name}[{row}] is {int(lengths[row, 0])}; {utf8_name} rows hold {utf8.shape[1]} bytes"
+        )
+    return [utf8[r, :n].tobytes() for r, n in enumerate(lengths[:, 0].tolist())]
 
 
 def as_item(text: str, what: str = "the text") -> dict:

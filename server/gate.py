@@ -1,5 +1,6 @@
 """The gate in front of a public model whose core merges requests (`embed`; contract `Model.merges_requests`):
-a python model that passes its inputs through unchanged.
+a python model that passes its inputs through, texts packed as UTF-8 bytes and lengths (contract
+`Model.core_inputs`).
 
 Why it exists: this Triton build's python backend checks the framing of BYTES inputs (4-byte length +
 bytes per element) while it gathers a dynamic batch, and one request whose last element claims more bytes
@@ -7,8 +8,9 @@ than it carries (Triton's own request check lets that through) fails the whole b
 in it got that request's error. The gate executes one request at a time (its dynamic batcher prefers
 batches of 1 and waits for nothing; it is there for the bounded queue), so each request is gathered alone
 and such a request fails alone (INVALID_ARGUMENT naming the input); the batched `<model>_core` behind it only
-ever sees inputs that passed. The gate also refuses, by name, a request without a required input (this
-build does not check that for python models, and an ensemble would then wait for a tensor that never
+ever sees inputs that passed, and takes no BYTES tensor at all, so a client that calls the core by name
+cannot fail a batch that way either. The gate also refuses, by name, a request without a required input
+(this build does not check that for python models, and an ensemble would then wait for a tensor that never
 comes: "unexpected deadlock"), and a text longer than the contract allows: passed on, a 50 MB text grew
 the core's shared memory as well, for good (measured: +930 MB of server memory after five of them).
 Wiring: llmrec.server.ensembles. Imported only inside the python backend's stub.
@@ -21,7 +23,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llmrec.server.contract import MAX_TEXT_BYTES
+from llmrec.server.contract import MAX_TEXT_BYTES, pack_texts, packed
 
 
 def _refusal(name: str, values: np.ndarray, per_row: bool) -> str | None:
@@ -44,6 +46,9 @@ class TritonPythonModel:
         self.required = [tensor["name"] for tensor in inputs if not tensor.get("optional", False)]
         # inputs holding a list of texts per row (dims [-1], e.g. HISTORY) rather than one (dims [1])
         self.lists = {tensor["name"] for tensor in inputs if [int(d) for d in tensor["dims"]] == [-1]}
+        # texts that the core takes packed (contract `Model.core_inputs`)
+        outputs = {tensor["name"] for tensor in json.loads(args["model_config"])["output"]}
+        self.packed = {name for name in self.names if packed(name)[0] in outputs}
 
     def execute(self, requests):
         responses = []
@@ -57,7 +62,15 @@ class TritonPythonModel:
                     if tensor is not None and why is None:
                         values = tensor.as_numpy()
                         why = _refusal(name, values, name in self.lists)
-                        tensors.append(pb_utils.Tensor(name, values))
+                        if name not in self.packed:
+                            tensors.append(pb_utils.Tensor(name, values))
+                        elif why is None:
+                            utf8_name, length_name = packed(name)
+                            utf8, lengths = pack_texts(values)
+                            tensors += [
+                                pb_utils.Tensor(utf8_name, utf8),
+                                pb_utils.Tensor(length_name, lengths),
+                            ]
                 if why is not None:
                     error = pb_utils.TritonError(why, pb_utils.TritonError.INVALID_ARG)
                     responses.append(pb_utils.InferenceResponse(error=error))

@@ -1,6 +1,7 @@
 """Triton python model `embed_core`, behind the public ensemble `embed` (llmrec.server.ensembles).
 
-TEXT [b, 1] -> VECTOR [b, d] (llmrec.server.runtime.NoteEmbedder).
+TEXT [b, 1], packed by the gate as TEXT_UTF8 [b, L] and TEXT_LENGTH [b, 1] (contract `Model.core_inputs`)
+-> VECTOR [b, d] (llmrec.server.runtime.NoteEmbedder).
 Requests of a dynamic batch are checked one by one and embedded together in one onnxruntime call; a
 bad request gets its own error response and the others are answered (llmrec.server.batch).
 """
@@ -8,7 +9,16 @@ bad request gets its own error response and the others are answered (llmrec.serv
 from pathlib import Path
 
 from llmrec.server.batch import input_of, run_batch
-from llmrec.server.contract import EMBED, TEXT, VECTOR, as_item, decode_text
+from llmrec.server.contract import (
+    EMBED,
+    TEXT,
+    TEXT_LENGTH,
+    TEXT_UTF8,
+    VECTOR,
+    as_item,
+    decode_text,
+    unpack_texts,
+)
 from llmrec.server.runtime import NoteEmbedder, instance_device, model_precision
 
 
@@ -27,5 +37,5 @@ class TritonPythonModel:
 
 
 def _items(request):
-    texts = input_of(request, TEXT).reshape(-1)
+    texts = unpack_texts(input_of(request, TEXT_UTF8), input_of(request, TEXT_LENGTH), TEXT)
     return [as_item(decode_text(t, f"{TEXT}[{r}]"), f"{TEXT}[{r}]") for r, t in enumerate(texts)]

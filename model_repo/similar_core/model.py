@@ -24,6 +24,8 @@ from llmrec.server.contract import (
     SCORES,
     SIMILAR,
     TEXT,
+    TEXT_LENGTH,
+    TEXT_UTF8,
     VECTOR,
     BadRequest,
     K,
@@ -31,6 +33,7 @@ from llmrec.server.contract import (
     check_k,
     check_vectors,
     decode_text,
+    pack_texts,
 )
 from llmrec.server.item_index import ItemIndex
 from llmrec.server.runtime import check_index_matches_embed, instance_device, limit_threads, model_threads
@@ -70,11 +73,12 @@ class TritonPythonModel:
     def _embed(self, texts):
         out = []
         for start in range(0, len(texts), EMBED.max_batch_size):
-            chunk = np.asarray(texts[start : start + EMBED.max_batch_size], dtype=np.object_).reshape(-1, 1)
+            chunk = texts[start : start + EMBED.max_batch_size]
+            utf8, lengths = pack_texts(np.asarray(chunk, dtype=np.object_))  # as embed's core takes texts
             response = pb_utils.InferenceRequest(
                 model_name=ensembles.core(EMBED.name),
                 requested_output_names=[VECTOR],
-                inputs=[pb_utils.Tensor(TEXT, chunk)],
+                inputs=[pb_utils.Tensor(TEXT_UTF8, utf8), pb_utils.Tensor(TEXT_LENGTH, lengths)],
             ).exec()
             if response.has_error():
                 error = response.error()

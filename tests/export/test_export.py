@@ -9,7 +9,7 @@ import torch
 
 from llmrec.export import parity
 from llmrec.export.repository import export_index
-from llmrec.server import contract, item_index, runtime, versions
+from llmrec.server import contract, ensembles, item_index, runtime, versions
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,11 @@ def test_repository_layout(tiny_repo):
         assert (repo / model / "config.pbtxt").is_file() and (repo / model / "1").is_dir()
         gated = contract.MODELS[model].merges_requests
         assert (repo / f"{model}_gate" / "1" / "model.py").is_file() == gated
-    assert (repo / "embed_core" / "warmup" / "text").is_file()
+    for model in contract.MODELS.values():  # the warm-up requests' inputs, as the configs name them
+        for tensor, _, values in ensembles.warmup_inputs(model):
+            path = repo / ensembles.core(model.name) / "warmup" / ensembles.warmup_file(tensor.name)
+            assert path.read_bytes() == values, path
+    assert (repo / "embed_core" / "warmup" / "text_utf8").is_file()
     assert not list(repo.glob("*/.*.tmp")), "no half-written versions left behind"
 
 

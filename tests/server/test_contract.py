@@ -18,7 +18,7 @@ from llmrec.server.contract import BadRequest, as_item, check_k, check_vectors, 
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repo"
-TENSOR_NAMES = {t.name for m in contract.MODELS.values() for t in (*m.inputs, *m.outputs)}
+TENSOR_NAMES = {t.name for m in contract.MODELS.values() for t in (*m.inputs, *m.core_inputs, *m.outputs)}
 
 
 def read_config(model: str, target: str = "cpu") -> model_config_pb2.ModelConfig:
@@ -49,7 +49,12 @@ def test_config_matches_the_contract(name, target):
     assert config.max_batch_size == model.max_batch_size
     # a core without a gate is the ensemble's only step: it takes every input as optional and refuses a
     # missing required one itself (declared required, the ensemble would wait for it: "unexpected deadlock")
-    assert tensors(config.input) == expected(model.inputs, all_optional=not model.merges_requests)
+    assert tensors(config.input) == expected(model.core_inputs, all_optional=not model.merges_requests)
+    assert {t.name for t in config.input if t.allow_ragged_batch} == {
+        t.name for t in model.core_inputs if t.ragged
+    }
+    if model.merges_requests:  # no BYTES framing for this build's python backend to fail a whole batch on
+        assert all(t.dtype != "BYTES" for t in model.core_inputs)
     assert tensors(config.output) == expected(model.outputs)
     assert config.HasField("dynamic_batching")  # the delay is per model
     batcher = config.dynamic_batching
@@ -71,8 +76,9 @@ def test_config_matches_the_contract(name, target):
     assert len(warmups) == (1 if model.warmup else 0)
     for warmup in warmups.values():  # warm-up requests feed real inputs, from the files export writes
         assert {k: (list(v.dims), v.input_data_file) for k, v in warmup.inputs.items()} == {
-            name: ([rows], ensembles.warmup_file(name)) for name, rows in model.warmup
+            t.name: (dims, ensembles.warmup_file(t.name)) for t, dims, _ in ensembles.warmup_inputs(model)
         }
+        assert set(warmup.inputs) <= {t.name for t in model.core_inputs}
 
 
 @pytest.mark.parametrize("target", sorted(ensembles.TARGETS))
@@ -142,7 +148,7 @@ def _names_used(source: str) -> tuple[set, set]:
 def test_python_model_reads_and_writes_only_contract_tensors(name):
     read, written = _names_used((REPO / ensembles.core(name) / "model.py").read_text())
     model = contract.MODELS[name]
-    assert read == {t.name for t in model.inputs}
+    assert read == {t.name for t in model.core_inputs}
     assert written == {t.name for t in model.outputs}
 
 
@@ -171,8 +177,11 @@ def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     gate = parse(ensembles.gate_config(model))
     assert gate.max_batch_size == model.max_batch_size
     assert tensors(gate.input) == expected(model.inputs)
-    # every input goes through the gate, one request per execution, and only then to the core
-    assert {t.name for t in gate.input} == {t.name for t in gate.output} == names
+    # every input goes through the gate, one request per execution, and only then to the core, texts packed
+    assert {t.name for t in gate.input} == names
+    assert tensors(gate.output) == {
+        (t.name, contract.CONFIG_TYPES[t.dtype], t.dims, False) for t in model.core_inputs
+    }
     batcher = gate.dynamic_batching  # there for its bounded queue: it never merges requests
     assert list(batcher.preferred_batch_size) == [1] and batcher.max_queue_delay_microseconds == 0
     assert (
@@ -184,6 +193,7 @@ def test_the_generated_ensemble_and_gate_carry_the_contract(name):
     assert (first.model_name, second.model_name) == (ensembles.gate(name), ensembles.core(name))
     assert dict(first.input_map) == {n: n for n in names}
     assert dict(second.input_map) == dict(first.output_map)
+    assert set(second.input_map) == {t.name for t in model.core_inputs}
     assert dict(second.output_map) == outputs
 
 
@@ -195,6 +205,40 @@ def test_only_a_core_that_merges_requests_gets_a_gate(tmp_path):
     gates = {p.name for p in tmp_path.iterdir() if p.name.endswith("_gate")}
     assert gates == {ensembles.gate(m.name) for m in contract.MODELS.values() if m.merges_requests}
     assert gates == {"embed_gate"}
+
+
+def test_texts_pack_and_unpack_for_a_core_that_merges_requests():
+    texts = np.array([["Heat"], ["Amélie (2001)"], [""], ["x" * 300]], dtype=np.object_)
+    utf8, lengths = contract.pack_texts(texts)
+    assert utf8.dtype == np.uint8 and utf8.shape == (4, 300) and lengths.dtype == np.int32
+    assert lengths[:, 0].tolist() == [4, len("Amélie (2001)".encode()), 0, 300]
+    assert contract.unpack_texts(utf8, lengths, contract.TEXT) == [t.encode() for t in texts[:, 0]]
+    assert contract.pack_texts(np.array([[b""]], dtype=np.object_))[0].shape == (
+        1,
+        1,
+    )  # never a 0-wide tensor
+
+
+@pytest.mark.parametrize(
+    "utf8, lengths, message",
+    [
+        (
+            np.zeros((1, 4), np.uint8),
+            np.array([[5]], np.int32),
+            "TEXT_LENGTH[0] is 5; TEXT_UTF8 rows hold 4 bytes",
+        ),
+        (np.zeros((2, 4), np.uint8), np.array([[1], [-1]], np.int32), "TEXT_LENGTH[1] is -1"),
+        (
+            np.zeros((2, 4), np.uint8),
+            np.array([[1]], np.int32),
+            "TEXT_UTF8 must be [b, L] and TEXT_LENGTH [b, 1]",
+        ),
+        (np.zeros(4, np.uint8), np.array([[1]], np.int32), "got [4] and [1, 1]"),
+    ],
+)
+def test_unpacking_names_what_does_not_fit(utf8, lengths, message):
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        contract.unpack_texts(utf8, lengths, contract.TEXT)
 
 
 def test_the_threads_parameter_is_read_and_checked():

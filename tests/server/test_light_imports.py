@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
@@ -66,7 +67,7 @@ RUN = """
 import importlib.abc, importlib.util, json, sys
 import numpy as np
 
-blocked, stub, model_py, args, request = json.loads(sys.argv[1])
+blocked, stub, model_py, args, request, dtypes = json.loads(sys.argv[1])
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -80,12 +81,12 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 model = module.TritonPythonModel()
 model.initialize(args)
-def tensor(rows):
+def tensor(name, rows):
     if isinstance(rows[0][0], str):
-        return np.array([[x.encode() for x in row] for row in rows], dtype=np.object_)
-    return np.array(rows, dtype=np.int32)
+        rows = [[x.encode() for x in row] for row in rows]
+    return np.array(rows, dtype=dtypes[name])
 
-(response,) = model.execute([{name: tensor(rows) for name, rows in request.items()}])
+(response,) = model.execute([{name: tensor(name, rows) for name, rows in request.items()}])
 if response.error is not None:
     raise SystemExit(f"error response: {response.error.message()}")
 print(json.dumps({
@@ -94,8 +95,9 @@ print(json.dumps({
 }))
 """
 
+UTF8, LENGTHS = contract.pack_texts(np.array([["Movie 1"]], dtype=np.object_))  # as embed's gate sends it
 REQUESTS = {
-    "embed": {contract.TEXT: [["Movie 1"]]},
+    "embed": {contract.TEXT_UTF8: UTF8.tolist(), contract.TEXT_LENGTH: LENGTHS.tolist()},
     "similar": {contract.ITEM_ID: [["3"]], contract.K: [[4]]},
     "rank": {
         contract.HISTORY: [["Movie 1", "Movie 2"]],
@@ -125,7 +127,16 @@ def test_a_served_model_runs_without_training_code(name, tiny_repo, tmp_path):
         "model_instance_kind": "CPU",
         "model_instance_device_id": "0",
     }
-    payload = [BLOCKED, str(tmp_path), str(tiny_repo["repo"] / core / "1" / "model.py"), args, REQUESTS[name]]
+    model = contract.MODELS[name]
+    dtypes = {t.name: np.dtype(contract.NUMPY_TYPES[t.dtype]).name for t in model.core_inputs}
+    payload = [
+        BLOCKED,
+        str(tmp_path),
+        str(tiny_repo["repo"] / core / "1" / "model.py"),
+        args,
+        REQUESTS[name],
+        dtypes,
+    ]
     run = subprocess.run(
         [sys.executable, "-c", RUN, json.dumps(payload)], cwd=tmp_path, capture_output=True, text=True
     )

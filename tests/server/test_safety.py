@@ -3,6 +3,7 @@ publishes that cannot brick a restart, bad input that fails alone (mixed batches
 and a clean shutdown of `llmrec serve` on SIGTERM, SIGINT, a crash and an interrupted start."""
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import json
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +260,68 @@ def test_in_concurrent_mixed_batches_every_valid_request_succeeds_and_every_bad_
             )
             assert "INVALID_ARGUMENT" in str(result.status()), result
             assert message in result.message(), (message, result.message())
+    assert server.process.poll() is None
+
+
+def _packed(utf8: bytes, shape: list[int], lengths: list[int]) -> list:
+    """embed's core inputs as a client would send them by hand (contract `packed`)."""
+    return [
+        fuzz._raw(contract.TEXT_UTF8, shape, "UINT8", utf8),
+        fuzz._raw(contract.TEXT_LENGTH, [len(lengths), 1], "INT32", np.array(lengths, "<i4").tobytes()),
+    ]
+
+
+CORE_CALLS = [  # embed's core called by name, past its gate: (inputs, a fragment of the error)
+    (lambda: [_raw(contract.TEXT, b"\x40\x42\x0f\x00abc")], "'TEXT'"),  # what once failed a whole batch
+    (lambda: _packed(b"abcd", [1, 4], [99]), "TEXT_LENGTH[0] is 99; TEXT_UTF8 rows hold 4 bytes"),
+    (lambda: _packed(b"abcd", [1, 4], [-3]), "TEXT_LENGTH[0] is -3"),
+    (lambda: _packed(b"abc", [1, 4], [3]), "'TEXT_UTF8'"),  # 3 bytes for a [1, 4] tensor
+    (lambda: _packed(b"\xff\xfe", [1, 2], [2]), "TEXT[0] is not valid UTF-8"),
+    (lambda: _packed(b"ab", [1, 2], [2])[:1], "'TEXT_LENGTH'"),  # Triton names the missing input
+]
+
+
+def test_a_client_calling_embeds_core_by_name_fails_alone(server):
+    """The core merges requests and is callable by name, past the gate. When it took BYTES, one request
+    whose element claimed more bytes than it carried failed its whole batch in the python backend (a
+    3-thread `embed` load beside one thread of such calls: 3,301 of 3,689 valid calls failed). It takes
+    texts packed as UINT8 and INT32 now, whose sizes Triton checks per request and whose lengths the core
+    checks per request: every valid call is answered, every bad one named."""
+    stop, lock = time.monotonic() + 4.0, threading.Lock()
+    valid, bad = collections.Counter(), collections.Counter()
+
+    def embed_calls():
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        while time.monotonic() < stop:
+            try:
+                client.infer("embed", [_bytes(contract.TEXT, [["Movie 2"], ["Heat"]])])
+                outcome = "ok"
+            except InferenceServerException as e:
+                outcome = f"{e.status()}: {e.message()}"
+            with lock:
+                valid[outcome] += 1
+
+    def core_calls(seed):
+        client, rng = grpcclient.InferenceServerClient(server.grpc_url), random.Random(seed)
+        while time.monotonic() < stop:
+            inputs, message = rng.choice(CORE_CALLS)
+            try:
+                client.infer(ensembles.core("embed"), inputs())
+                outcome = f"accepted, expected {message}"
+            except InferenceServerException as e:
+                named = "INVALID_ARGUMENT" in str(e.status()) and message in e.message()
+                outcome = "named" if named else f"{e.status()}: {e.message()} (expected {message})"
+            with lock:
+                bad[outcome] += 1
+
+    threads = [threading.Thread(target=embed_calls) for _ in range(3)]
+    threads += [threading.Thread(target=core_calls, args=(seed,)) for seed in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(valid) == {"ok"} and valid["ok"] > 50, valid.most_common(3)
+    assert set(bad) == {"named"} and bad["named"] > 50, bad.most_common(3)
     assert server.process.poll() is None
 
 
