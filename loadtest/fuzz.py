@@ -25,7 +25,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from llmrec.server import contract
+from llmrec.server import contract, ensembles
 from llmrec.server.contract import MAX_CANDIDATES, MAX_TEXT_BYTES
 
 
@@ -81,7 +81,8 @@ def _vector(values: np.ndarray) -> grpcclient.InferInput:
 
 
 class Generator:
-    """Seeded requests for the three public models of a served catalogue (ids and texts of its items)."""
+    """Seeded requests for the three public models of a served catalogue (ids and texts of its items), and
+    for `embed`'s core called by name, past its gate (Triton has no private models)."""
 
     def __init__(self, ids: list[str], texts: list[str], dim: int, seed: int = 0):
         self.ids, self.texts, self.dim = ids, texts, dim
@@ -94,6 +95,7 @@ class Generator:
             (self.malformed_similar, 5),
             (self.malformed_tensor, 4),
             (self.random_bytes, 3),
+            (self.malformed_core, 3),
         ]
 
     def __call__(self) -> Case:
@@ -234,6 +236,36 @@ class Generator:
             ]
         )
         return Case(f"{model}: {kind}", "invalid", model, [tensor, *extra])
+
+    def malformed_core(self) -> Case:
+        """`embed_core` by name: it merges requests, so these must fail alone (contract `Model.core_inputs`)."""
+        r = self.rng
+        text = r.choice(self.texts).encode()
+        width = len(text)
+
+        def packed(utf8: bytes, shape: list[int], lengths: list[int]) -> list:
+            return [
+                _raw(contract.TEXT_UTF8, shape, "UINT8", utf8),
+                _raw(contract.TEXT_LENGTH, [len(lengths), 1], "INT32", np.array(lengths, "<i4").tobytes()),
+            ]
+
+        huge = b"y" * r.randint(MAX_TEXT_BYTES + 1, 100_000)
+        kind, inputs = r.choice(
+            [
+                (
+                    "BYTES as the public model takes",
+                    [_raw(contract.TEXT, [1, 1], "BYTES", b"\xff\x00\x00\x00ab")],
+                ),
+                ("length past the row", packed(text, [1, width], [width + r.randint(1, 10**6)])),
+                ("negative length", packed(text, [1, width], [-r.randint(1, 2**31 - 1)])),
+                ("fewer bytes than the shape", packed(text[:-1], [1, width], [width - 1])),
+                ("lengths for another batch size", packed(text + text, [2, width], [width])),
+                ("no lengths", packed(text, [1, width], [width])[:1]),
+                ("invalid UTF-8", packed(b"caf\xe9", [1, 4], [4])),
+                ("huge text", packed(huge, [1, len(huge)], [len(huge)])),
+            ]
+        )
+        return Case(f"embed_core: {kind}", "invalid", ensembles.core(contract.EMBED.name), inputs)
 
     def random_bytes(self) -> Case:
         r = self.rng
