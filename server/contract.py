@@ -54,7 +54,7 @@ TEXT_UTF8, TEXT_LENGTH = packed(TEXT)
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str  # Triton's wire name: BYTES, FP32, INT32 (CONFIG_TYPES)
+    dtype: str  # Triton's wire name: BYTES, FP32, INT32, UINT8 (CONFIG_TYPES)
     dims: tuple[int, ...]  # without the batch dimension; -1 is variable
     optional: bool = False
     ragged: bool = False  # requests whose shapes differ may share a dynamic batch (allow_ragged_batch)

@@ -101,8 +101,8 @@ def warmup_inputs(model: Model) -> list[tuple[Tensor, list[int], bytes]]:
     out = []
     for name, rows in model.warmup:
         texts = [WARMUP_TEXTS[i % len(WARMUP_TEXTS)] for i in range(rows)]
-        utf8_name, length_name = packed(name)
         if model.merges_requests and model.input(name).dtype == "BYTES":  # one text per row: rows == 1
+            utf8_name, length_name = packed(name)
             utf8, lengths = pack_texts(np.array(texts, dtype=np.object_))
             out += [
                 (model.core_input(utf8_name), [utf8.shape[1]], utf8.tobytes()),
