@@ -172,7 +172,7 @@ def locust_run(
         command, env, Path(f"{prefix}.json"), log_path, label, duration_s + STOP_TIMEOUT_S + 60,
         cpus=target.load_cpus,
     )  # fmt: skip
-    server = metrics.server_split(before, _settled_scrape(target.metrics_url))
+    server = metrics.server_split(before, metrics.settled_scrape(target.metrics_url))
     return RunResult(
         label=label,
         tasks=tasks,
@@ -239,19 +239,6 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
-
-
-def _settled_scrape(url: str, timeout_s: float = 10.0) -> dict:
-    """Triton's counters once they stop moving: answers sent just before locust stopped get booked."""
-    deadline = time.monotonic() + timeout_s
-    last = metrics.scrape(url)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = metrics.scrape(url)
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def passes(run: RunResult, name: str, p99_bound_ms: float) -> bool:
@@ -371,7 +358,7 @@ def open_loop(
         raise RuntimeError(
             f"the open-loop generator ({label}) failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
         )
-    server = metrics.server_split(before, _settled_scrape(target.metrics_url))
+    server = metrics.server_split(before, metrics.settled_scrape(target.metrics_url))
     log_calls = calls.read(log)
     run = RunResult(
         label=label,

@@ -14,6 +14,7 @@ its batch size and queue and compute times from the core, where the batching hap
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client import Histogram, start_http_server
@@ -66,6 +67,20 @@ def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, str], float]:
                 key = (name, sample.labels["model"])
                 out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+def settled_scrape(url: str, timeout_s: float = 10.0) -> dict[tuple[str, str], float]:
+    """`scrape` once the counters stop moving (two reads 0.2 s apart agree; the last read after `timeout_s`):
+    a python model books a request after its response has gone out, so a read right after the last answer
+    can miss it."""
+    deadline, last = time.monotonic() + timeout_s, scrape(url)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = scrape(url)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def server_split(before: dict, after: dict) -> dict[str, dict[str, float]]:

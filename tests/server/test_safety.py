@@ -53,20 +53,6 @@ def catalogue(repo: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def settled(metrics_url: str, timeout: float = 10.0) -> dict[tuple[str, str], float]:
-    """The server's counters once they stop moving: a model's python backend counts a request after its
-    response has gone out, so a scrape right after a call (or right after the previous test's) can miss it
-    (a clean-clone CI run saw this test fail once)."""
-    deadline, last = time.monotonic() + timeout, metrics.scrape(metrics_url)
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = metrics.scrape(metrics_url)
-        if now == last:
-            return now
-        last = now
-    raise AssertionError(f"the server's counters kept moving for {timeout:.0f} s")
-
-
 # --- the control API -----------------------------------------------------------------------------
 def test_a_client_without_the_key_cannot_load_unload_or_read_configs(server):
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
@@ -327,12 +313,12 @@ def test_a_client_calling_embeds_core_by_name_fails_alone(server):
 
 def test_an_oversized_text_is_refused_at_the_gate_and_never_reaches_the_core(server):
     # passed on, a 50 MB text grew the core's shared memory too, for good
-    before = settled(server.metrics_url)
+    before = metrics.settled_scrape(server.metrics_url)  # a python model books a request late
     with pytest.raises(InferenceServerException, match=r"TEXT\[0\] is 5000000 bytes; the limit is 16384"):
         grpcclient.InferenceServerClient(server.grpc_url).infer(
             "embed", [_bytes(contract.TEXT, [["z" * 5_000_000]])]
         )
-    after = settled(server.metrics_url)
+    after = metrics.settled_scrape(server.metrics_url)
     seen = {m: after.get(("nv_inference_request_success", m), 0) - before.get(("nv_inference_request_success", m), 0)
             for m in ("embed_gate", "embed_core")}  # fmt: skip
     assert seen == {"embed_gate": 1, "embed_core": 0}
