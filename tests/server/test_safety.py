@@ -405,6 +405,15 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.kill()
 
 
+def command(process: psutil.Process) -> str:
+    """Its command line, or "" once it has exited (a start-up helper can exit between listing and reading:
+    a clean-clone run failed on that)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def triton_pids(processes: list[psutil.Process]) -> list[int]:
     """tritonserver among processes seen while it ran (psutil keeps a name once read)."""
     pids = []
@@ -550,7 +559,7 @@ def test_ctrl_c_while_starting_leaves_no_server_behind(repo, tmp_path):
         def triton_started() -> bool:
             seen[:] = descendants(process.pid)
             triton_pids(seen)  # read the names while they run
-            return any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in seen)  # loading models
+            return any("triton_python_backend_stub" in command(p) for p in seen)  # loading models
 
         wait_for(triton_started, 120, "tritonserver to start loading models")
         process.send_signal(signal.SIGINT)
