@@ -67,6 +67,14 @@ def _raw(name: str, shape: list[int], dtype: str, content: bytes) -> grpcclient.
     return tensor
 
 
+def _packed(utf8: bytes, shape: list[int], lengths: list[int]) -> list[grpcclient.InferInput]:
+    """embed's core inputs as a client would send them by hand (contract `packed`): raw bytes and lengths."""
+    return [
+        _raw(contract.TEXT_UTF8, shape, "UINT8", utf8),
+        _raw(contract.TEXT_LENGTH, [len(lengths), 1], "INT32", np.array(lengths, "<i4").tobytes()),
+    ]
+
+
 def _k(k: int, dtype: str = "INT32") -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(contract.K, [1, 1], dtype)
     tensor.set_data_from_numpy(np.array([[k]], dtype=np.int32 if dtype == "INT32" else np.float32))
@@ -242,13 +250,6 @@ class Generator:
         r = self.rng
         text = r.choice(self.texts).encode()
         width = len(text)
-
-        def packed(utf8: bytes, shape: list[int], lengths: list[int]) -> list:
-            return [
-                _raw(contract.TEXT_UTF8, shape, "UINT8", utf8),
-                _raw(contract.TEXT_LENGTH, [len(lengths), 1], "INT32", np.array(lengths, "<i4").tobytes()),
-            ]
-
         huge = b"y" * r.randint(MAX_TEXT_BYTES + 1, 100_000)
         kind, inputs = r.choice(
             [
@@ -256,13 +257,13 @@ class Generator:
                     "BYTES as the public model takes",
                     [_raw(contract.TEXT, [1, 1], "BYTES", b"\xff\x00\x00\x00ab")],
                 ),
-                ("length past the row", packed(text, [1, width], [width + r.randint(1, 10**6)])),
-                ("negative length", packed(text, [1, width], [-r.randint(1, 2**31 - 1)])),
-                ("fewer bytes than the shape", packed(text[:-1], [1, width], [width - 1])),
-                ("lengths for another batch size", packed(text + text, [2, width], [width])),
-                ("no lengths", packed(text, [1, width], [width])[:1]),
-                ("invalid UTF-8", packed(b"caf\xe9", [1, 4], [4])),
-                ("huge text", packed(huge, [1, len(huge)], [len(huge)])),
+                ("length past the row", _packed(text, [1, width], [width + r.randint(1, 10**6)])),
+                ("negative length", _packed(text, [1, width], [-r.randint(1, 2**31 - 1)])),
+                ("fewer bytes than the shape", _packed(text[:-1], [1, width], [width - 1])),
+                ("lengths for another batch size", _packed(text + text, [2, width], [width])),
+                ("no lengths", _packed(text, [1, width], [width])[:1]),
+                ("invalid UTF-8", _packed(b"caf\xe9", [1, 4], [4])),
+                ("huge text", _packed(huge, [1, len(huge)], [len(huge)])),
             ]
         )
         return Case(f"embed_core: {kind}", "invalid", ensembles.core(contract.EMBED.name), inputs)

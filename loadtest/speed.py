@@ -76,6 +76,7 @@ class Probe:
     def __init__(self, cpus: set[int] | None = None, period_s: float = PERIOD_S):
         self.cpus, self.period_s = cpus, period_s
         self.samples: list[tuple[float, float]] = []
+        self._sampled = threading.Condition()
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
 
@@ -93,7 +94,14 @@ class Probe:
     def _read(self) -> None:
         for line in self._process.stdout:
             sample = json.loads(line)
-            self.samples.append((sample["t"], sample["ms"]))
+            with self._sampled:
+                self.samples.append((sample["t"], sample["ms"]))
+                self._sampled.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float) -> bool:
+        """Whether `count` samples arrived within `timeout_s`."""
+        with self._sampled:
+            return self._sampled.wait_for(lambda: len(self.samples) >= count, timeout_s)
 
     def __exit__(self, *exc) -> None:
         self._process.kill()

@@ -41,13 +41,14 @@ def _refusal(name: str, values: np.ndarray, per_row: bool) -> str | None:
 
 class TritonPythonModel:
     def initialize(self, args):
-        inputs = json.loads(args["model_config"])["input"]
+        config = json.loads(args["model_config"])
+        inputs = config["input"]
         self.names = [tensor["name"] for tensor in inputs]
         self.required = [tensor["name"] for tensor in inputs if not tensor.get("optional", False)]
         # inputs holding a list of texts per row (dims [-1], e.g. HISTORY) rather than one (dims [1])
         self.lists = {tensor["name"] for tensor in inputs if [int(d) for d in tensor["dims"]] == [-1]}
         # texts that the core takes packed (contract `Model.core_inputs`)
-        outputs = {tensor["name"] for tensor in json.loads(args["model_config"])["output"]}
+        outputs = {tensor["name"] for tensor in config["output"]}
         self.packed = {name for name in self.names if packed(name)[0] in outputs}
 
     def execute(self, requests):

@@ -6,7 +6,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import psutil
 
@@ -17,9 +16,7 @@ def test_the_probe_times_the_work_on_its_cpu_and_leaves_no_process():
     cpu = max(os.sched_getaffinity(0))
     with speed.Probe({cpu}, period_s=0.2) as probe:
         child = psutil.Process(probe._process.pid)
-        deadline = time.monotonic() + 20
-        while len(probe.samples) < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        probe.wait_for(4, timeout_s=20)
         assert child.cpu_affinity() == [cpu]
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert len(probe.samples) >= 4, probe.samples
@@ -43,9 +40,8 @@ def test_a_busy_neighbour_on_the_cpu_does_not_move_the_figure():
     cpu = min(os.sched_getaffinity(0))
 
     def median_of_next(probe: speed.Probe, count: int) -> float:
-        start, deadline = len(probe.samples), time.monotonic() + 30
-        while len(probe.samples) < start + count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        start = len(probe.samples)
+        probe.wait_for(start + count, timeout_s=30)
         return statistics.median(ms for _, ms in probe.samples[start:])
 
     with speed.Probe({cpu}, period_s=0.05) as probe:

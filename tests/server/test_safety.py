@@ -250,11 +250,7 @@ def test_in_concurrent_mixed_batches_every_valid_request_succeeds_and_every_bad_
 
 
 def _packed(utf8: bytes, shape: list[int], lengths: list[int]) -> list:
-    """embed's core inputs as a client would send them by hand (contract `packed`)."""
-    return [
-        fuzz._raw(contract.TEXT_UTF8, shape, "UINT8", utf8),
-        fuzz._raw(contract.TEXT_LENGTH, [len(lengths), 1], "INT32", np.array(lengths, "<i4").tobytes()),
-    ]
+    return fuzz._packed(utf8, shape, lengths)
 
 
 CORE_CALLS = [  # embed's core called by name, past its gate: (inputs, a fragment of the error)
