@@ -465,7 +465,8 @@ def soak(
         run.calls["memory"] = {
             "start_mib": start,
             "end_mib": end,
-            "peak_mib": around(warm_s, warm_s + duration_s)["rss_mib"],
+            # start and end are the samples nearest the run's edges, which may fall just before it
+            "peak_mib": max(start, end, around(warm_s, warm_s + duration_s)["rss_mib"]),
             "growth": round(end / start - 1.0, 3),
         }
     return run
